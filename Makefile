@@ -1,0 +1,53 @@
+# Sluice: `make run` starts one node on 127.0.0.1:9092; `make test` runs every test.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/cache/sluice/target
+export CARGO_TERM_COLOR ?= never
+BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/sluice
+BIN_RELEASE := $(CARGO_TARGET_DIR)/release/sluice
+
+.PHONY: run build deps test-deps lint unit test interop fuzz-smoke bench release clean-data
+
+deps:
+	@deploy/install-deps.sh build
+
+test-deps:
+	@deploy/install-deps.sh test
+
+build: deps
+	cargo build -p sluice
+
+## One node on 127.0.0.1:9092 (admin HTTP on 127.0.0.1:9644), data in ./sluice-data.
+run: build
+	$(BIN_DEBUG) --data-dir ./sluice-data $(ARGS)
+
+## Style checks, exactly as CI runs them.
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Unit, property and crash tests of every crate, then the rdkafka client tests.
+unit: deps
+	cargo build --workspace --all-targets
+	cargo nextest run --workspace --no-fail-fast --failure-output final
+
+## Python (confluent-kafka, kafka-python, aiokafka), kcat and Go clients against a real node.
+interop: test-deps
+	cargo build -p sluice
+	SLUICE_BIN=$(BIN_DEBUG) tests/interop/run.sh
+
+## A bounded fuzzing run of every fuzz target.
+fuzz-smoke: deps
+	tests/fuzz-smoke.sh
+
+test: test-deps lint unit interop fuzz-smoke
+	@echo "make test: all passed"
+
+release: deps
+	cargo build --release -p sluice -p sluice-tests --bin sluice --bin sluice-bench
+
+## Throughput and latency against a release build (see docs/benchmarks.md).
+bench: release
+	tests/bench.sh
+
+clean-data:
+	rm -rf ./sluice-data

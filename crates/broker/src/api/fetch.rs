@@ -1,0 +1,181 @@
+//! Fetch: committed batch bytes as stored, with long polling woken by commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::select_all;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, ResponseKind};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{codes, Reply};
+use crate::topics::{PartitionState, Topic};
+use crate::Broker;
+
+use codes::{FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH};
+/// Upper bound on how long a fetch may park, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub fn fetch(broker: Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+    Box::pin(async move { Some(ResponseKind::Fetch(fetch_inner(&broker, req, version).await)) })
+}
+
+enum Target {
+    Ok {
+        topic: Arc<Topic>,
+        partition: Arc<PartitionState>,
+        offset: i64,
+        max_bytes: i32,
+        epoch: i32,
+    },
+    Err(i16),
+}
+
+async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchResponse {
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + wait;
+    let min_bytes = i64::from(req.min_bytes.max(0));
+    let max_bytes = if req.max_bytes <= 0 { i64::from(i32::MAX) } else { i64::from(req.max_bytes) };
+    // Resolve every requested partition once.
+    let mut targets: Vec<(FetchableTopicResponse, Vec<(i32, Target)>)> = Vec::new();
+    for t in &req.topics {
+        let topic = if version >= 13 {
+            broker.topics.get_by_id(t.topic_id)
+        } else {
+            broker.topics.get(t.topic.0.as_str())
+        };
+        let missing = if version >= 13 { codes::UNKNOWN_TOPIC_ID } else { codes::UNKNOWN_TOPIC_OR_PARTITION };
+        let head = FetchableTopicResponse::default().with_topic(t.topic.clone()).with_topic_id(t.topic_id);
+        let parts = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let target = match &topic {
+                    None => Target::Err(missing),
+                    Some(topic) => match topic.partition(p.partition) {
+                        None => Target::Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
+                        Some(part) => Target::Ok {
+                            topic: topic.clone(),
+                            partition: part.clone(),
+                            offset: p.fetch_offset,
+                            max_bytes: p.partition_max_bytes,
+                            epoch: p.current_leader_epoch,
+                        },
+                    },
+                };
+                (p.partition, target)
+            })
+            .collect();
+        targets.push((head, parts));
+    }
+    loop {
+        // Subscribe before reading so a commit between the read and the wait is not missed.
+        let mut watchers: Vec<watch::Receiver<i64>> = Vec::new();
+        if !wait.is_zero() {
+            for (_, parts) in &targets {
+                for (_, t) in parts {
+                    if let Target::Ok { partition, .. } = t {
+                        watchers.push(partition.replica.subscribe());
+                    }
+                }
+            }
+        }
+        let (response, bytes, errors) = read_all(broker, &targets, max_bytes);
+        if bytes >= min_bytes || errors || watchers.is_empty() || Instant::now() >= deadline {
+            return response;
+        }
+        let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return read_all(broker, &targets, max_bytes).0;
+        }
+    }
+}
+
+fn read_all(
+    broker: &Broker,
+    targets: &[(FetchableTopicResponse, Vec<(i32, Target)>)],
+    max_bytes: i64,
+) -> (FetchResponse, i64, bool) {
+    let mut total: i64 = 0;
+    let mut errors = false;
+    let mut responses = Vec::with_capacity(targets.len());
+    for (head, parts) in targets {
+        let mut out = Vec::with_capacity(parts.len());
+        for (index, target) in parts {
+            let data = match target {
+                Target::Err(code) => {
+                    errors = true;
+                    broker.count_error(ApiKey::Fetch, *code);
+                    error_partition(*index, *code)
+                }
+                Target::Ok { topic, partition, offset, max_bytes: pmax, epoch } => {
+                    let replica = &partition.replica;
+                    let leader_epoch = replica.leader_epoch();
+                    if *epoch >= 0 && *epoch != leader_epoch {
+                        errors = true;
+                        let code = if *epoch < leader_epoch { FENCED_LEADER_EPOCH } else { UNKNOWN_LEADER_EPOCH };
+                        broker.count_error(ApiKey::Fetch, code);
+                        out.push(error_partition(*index, code));
+                        continue;
+                    }
+                    let remaining = max_bytes - total;
+                    let limit = i64::from(*pmax).min(remaining);
+                    if limit <= 0 {
+                        let hw = replica.high_watermark();
+                        ok_partition(*index, hw, replica.log_start_offset(), Bytes::new())
+                    } else {
+                        match replica.read(*offset, limit as usize) {
+                            Ok(r) => {
+                                total += r.data.len() as i64;
+                                topic.metrics.bytes_out.inc_by(r.data.len() as u64);
+                                ok_partition(*index, r.high_watermark, r.log_start_offset, r.data)
+                            }
+                            Err(raft::Error::OffsetOutOfRange { .. }) => {
+                                errors = true;
+                                broker.count_error(ApiKey::Fetch, codes::OFFSET_OUT_OF_RANGE);
+                                error_partition(*index, codes::OFFSET_OUT_OF_RANGE)
+                                    .with_high_watermark(replica.high_watermark())
+                                    .with_last_stable_offset(replica.high_watermark())
+                                    .with_log_start_offset(replica.log_start_offset())
+                            }
+                            Err(e) => {
+                                errors = true;
+                                tracing::warn!(topic = %topic.name, partition = index, error = %e, "fetch read failed");
+                                broker.count_error(ApiKey::Fetch, codes::KAFKA_STORAGE_ERROR);
+                                error_partition(*index, codes::KAFKA_STORAGE_ERROR)
+                            }
+                        }
+                    }
+                }
+            };
+            out.push(data);
+        }
+        responses.push(head.clone().with_partitions(out));
+    }
+    // Session id 0: no incremental fetch session (KIP-227 lets a broker decline one).
+    let response = FetchResponse::default().with_session_id(0).with_responses(responses);
+    (response, total, errors)
+}
+
+fn ok_partition(index: i32, hw: i64, log_start: i64, data: Bytes) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_high_watermark(hw)
+        .with_last_stable_offset(hw)
+        .with_log_start_offset(log_start)
+        .with_preferred_read_replica(BrokerId(-1))
+        .with_records(Some(data))
+}
+
+fn error_partition(index: i32, code: i16) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_preferred_read_replica(BrokerId(-1))
+        .with_records(Some(Bytes::new()))
+}

@@ -1,0 +1,126 @@
+//! Kafka API handlers, one module per API family, and the table of what each supports.
+//!
+//! A handler gets the decoded request and returns a future for its response. Work that must
+//! keep request order on a connection (queueing produce batches) is done before the future is
+//! returned; the rest runs concurrently with later requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+
+use crate::Broker;
+
+pub mod configs;
+pub mod fetch;
+pub mod metadata;
+pub mod offsets;
+pub mod produce;
+pub mod producer_id;
+pub mod topics;
+pub mod versions;
+
+pub type Reply = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send + 'static>>;
+
+/// The versions each handler really implements (advertised in ApiVersions).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// A stable metric label for an API.
+pub fn name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        _ => "Other",
+    }
+}
+
+fn ready(r: ResponseKind) -> Reply {
+    Box::pin(std::future::ready(Some(r)))
+}
+
+/// Routes a decoded request to its handler.
+pub fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, request: RequestKind) -> Reply {
+    let v = header.request_api_version;
+    match request {
+        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(
+            versions::api_versions_response(),
+        )),
+        RequestKind::Metadata(r) => metadata::metadata(broker.clone(), r, v),
+        RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
+            metadata::describe_cluster(broker, r),
+        )),
+        RequestKind::Produce(r) => produce::produce(broker, r, v),
+        RequestKind::Fetch(r) => fetch::fetch(broker.clone(), r, v),
+        RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(offsets::list_offsets(
+            broker, r, v,
+        ))),
+        RequestKind::DeleteRecords(r) => {
+            ready(ResponseKind::DeleteRecords(offsets::delete_records(broker, r)))
+        }
+        RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(
+            producer_id::init_producer_id(broker, r),
+        )),
+        RequestKind::CreateTopics(r) => topics::create_topics(broker.clone(), r, v),
+        RequestKind::DeleteTopics(r) => topics::delete_topics(broker.clone(), r, v),
+        RequestKind::CreatePartitions(r) => topics::create_partitions(broker.clone(), r),
+        RequestKind::DescribeConfigs(r) => ready(ResponseKind::DescribeConfigs(
+            configs::describe_configs(broker, r, v),
+        )),
+        RequestKind::AlterConfigs(r) => configs::alter_configs(broker.clone(), r),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            configs::incremental_alter_configs(broker.clone(), r)
+        }
+        // `supported_versions` lets nothing else through; answer nothing rather than guess.
+        _ => Box::pin(std::future::ready(None)),
+    }
+}
+
+/// Kafka error codes.
+pub use protocol::codes;
+
+impl Broker {
+    /// Counts an error code answered by an API (per partition or resource).
+    pub(crate) fn count_error(&self, api: ApiKey, code: i16) {
+        if code != 0 {
+            self.metrics
+                .request_errors
+                .with_label_values(&[name(api), &code.to_string()])
+                .inc();
+        }
+    }
+}

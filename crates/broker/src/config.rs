@@ -1,0 +1,69 @@
+//! Broker settings (Kafka's names in comments). The binary fills them from its TOML file,
+//! environment and flags; topic-level defaults come from the `log.*` settings here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use storage::FsyncPolicy;
+
+/// Settings of one broker node.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`
+    pub node_id: i32,
+    /// Host and port clients are told to connect to (`advertised.listeners`).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `broker.rack`
+    pub rack: Option<String>,
+    /// Data directory: partition logs under `log/`, metadata under `meta/`.
+    pub data_dir: PathBuf,
+    /// `socket.request.max.bytes`: larger frames are refused before any allocation.
+    pub socket_request_max_bytes: usize,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `num.partitions`
+    pub num_partitions: i32,
+    /// `default.replication.factor`
+    pub default_replication_factor: i16,
+    /// `message.max.bytes` (default for the topic config `max.message.bytes`)
+    pub message_max_bytes: i32,
+    /// `log.retention.ms` (-1 = forever)
+    pub log_retention_ms: i64,
+    /// `log.retention.bytes` (-1 = unlimited)
+    pub log_retention_bytes: i64,
+    /// `log.segment.bytes`
+    pub log_segment_bytes: i64,
+    /// `log.roll.ms`
+    pub log_roll_ms: i64,
+    /// `log.index.interval.bytes`
+    pub log_index_interval_bytes: i32,
+    /// `log.retention.check.interval.ms`
+    pub log_retention_check_interval: Duration,
+    /// Fsync policy: `always` (group commit before acknowledging) or every interval.
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            rack: None,
+            data_dir: PathBuf::from("sluice-data"),
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            auto_create_topics: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            message_max_bytes: 1_048_588,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            log_retention_bytes: -1,
+            log_segment_bytes: 1 << 30,
+            log_roll_ms: 7 * 24 * 3600 * 1000,
+            log_index_interval_bytes: 4096,
+            log_retention_check_interval: Duration::from_secs(300),
+            fsync: FsyncPolicy::Always,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The Kafka front end of Sluice.
+//!
+//! Owns the Kafka listener and connections (framing, ordered responses), one handler module
+//! per API family (`api/`), the topic manager (topics, partitions, topic configs), the
+//! idempotent-producer state, the mapping of errors to Kafka error codes, and the broker's
+//! metrics. It never touches files directly: partition data goes through [`raft::Partition`],
+//! metadata through [`storage::MetaStore`].
+
+pub mod api;
+pub mod config;
+mod conn;
+pub mod metrics;
+mod producer_state;
+pub mod topic_config;
+pub mod topics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use config::BrokerConfig;
+pub use conn::serve;
+
+use crate::metrics::Metrics;
+use crate::producer_state::ProducerIds;
+use crate::topics::TopicManager;
+
+/// Shared state of one broker node.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub topics: TopicManager,
+    pub metrics: Metrics,
+    producer_ids: ProducerIds,
+    cluster_id: String,
+    ready: AtomicBool,
+}
+
+impl Broker {
+    /// Opens the metadata store and every partition under `config.data_dir`.
+    /// Blocking I/O; needs a tokio runtime (partition writer tasks are spawned).
+    pub fn open(config: BrokerConfig, metrics: Metrics) -> Result<Arc<Broker>, Error> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let meta = storage::MetaStore::open(&config.data_dir.join("meta"))?;
+        let cluster_id = match meta.get("default", b"cluster_id")? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = new_cluster_id();
+                meta.put("default", b"cluster_id", id.as_bytes())?;
+                id
+            }
+        };
+        let producer_ids = ProducerIds::open(meta.clone())?;
+        let topics = TopicManager::open(&config, meta, &metrics)?;
+        Ok(Arc::new(Broker {
+            config,
+            topics,
+            metrics,
+            producer_ids,
+            cluster_id,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Ready once the Kafka listener accepts connections.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release)
+    }
+
+    /// Commits what is queued and closes every partition log (clean shutdown).
+    pub async fn shutdown(&self) {
+        self.set_ready(false);
+        self.topics.close_all().await;
+    }
+}
+
+/// A Kafka-style cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let id = uuid::Uuid::new_v4();
+    let bytes = id.as_bytes();
+    let mut out = String::with_capacity(22);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(ALPHABET[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// Errors of the broker crate (start-up and metadata; request errors are Kafka error codes).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] storage::Error),
+    #[error("partition: {0}")]
+    Partition(#[from] raft::Error),
+    #[error("corrupt metadata: {0}")]
+    Metadata(String),
+}

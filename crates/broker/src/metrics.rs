@@ -1,0 +1,172 @@
+//! Broker metrics (Prometheus). Units are in the names. Hot paths keep child handles
+//! (per API, per topic) instead of looking labels up per request.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric of a node, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_errors: IntCounterVec,
+    pub request_latency: HistogramVec,
+    pub bytes_in: IntCounterVec,
+    pub bytes_out: IntCounterVec,
+    pub records_in: IntCounterVec,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub partition_high_watermark: IntGaugeVec,
+    pub partition_log_size: IntGaugeVec,
+    pub partition_log_start: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("sluice_kafka_requests_total", "Kafka requests handled, by API."),
+            &["api"],
+        )
+        .expect("valid metric");
+        let request_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_kafka_request_errors_total",
+                "Error codes returned in Kafka responses (per partition or resource), by API and error.",
+            ),
+            &["api", "error"],
+        )
+        .expect("valid metric");
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_kafka_request_latency_seconds",
+                "Time from a request being read to its response being ready, by API.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["api"],
+        )
+        .expect("valid metric");
+        let bytes_in = IntCounterVec::new(
+            Opts::new("sluice_topic_bytes_in_total", "Record batch bytes appended, by topic."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let bytes_out = IntCounterVec::new(
+            Opts::new("sluice_topic_bytes_out_total", "Record batch bytes fetched, by topic."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let records_in = IntCounterVec::new(
+            Opts::new("sluice_topic_records_in_total", "Records appended, by topic."),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let connections = IntGauge::new("sluice_kafka_connections", "Open Kafka connections.")
+            .expect("valid metric");
+        let connections_total = IntCounter::new(
+            "sluice_kafka_connections_accepted_total",
+            "Kafka connections accepted.",
+        )
+        .expect("valid metric");
+        let partition_high_watermark = IntGaugeVec::new(
+            Opts::new("sluice_partition_high_watermark", "High watermark (offset) per partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let partition_log_size = IntGaugeVec::new(
+            Opts::new("sluice_partition_log_size_bytes", "Log size on disk per partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let partition_log_start = IntGaugeVec::new(
+            Opts::new("sluice_partition_log_start_offset", "Log start offset per partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_errors.clone()),
+            Box::new(request_latency.clone()),
+            Box::new(bytes_in.clone()),
+            Box::new(bytes_out.clone()),
+            Box::new(records_in.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(partition_high_watermark.clone()),
+            Box::new(partition_log_size.clone()),
+            Box::new(partition_log_start.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            requests,
+            request_errors,
+            request_latency,
+            bytes_in,
+            bytes_out,
+            records_in,
+            connections,
+            connections_total,
+            partition_high_watermark,
+            partition_log_size,
+            partition_log_start,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Drops the series of a deleted topic.
+    pub fn remove_topic(&self, topic: &str, partitions: i32) {
+        let _ = self.bytes_in.remove_label_values(&[topic]);
+        let _ = self.bytes_out.remove_label_values(&[topic]);
+        let _ = self.records_in.remove_label_values(&[topic]);
+        for p in 0..partitions {
+            let p = p.to_string();
+            let _ = self.partition_high_watermark.remove_label_values(&[topic, &p]);
+            let _ = self.partition_log_size.remove_label_values(&[topic, &p]);
+            let _ = self.partition_log_start.remove_label_values(&[topic, &p]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-topic counter handles, kept in the topic so the hot path never looks labels up.
+#[derive(Clone)]
+pub struct TopicMetrics {
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub records_in: IntCounter,
+}
+
+impl TopicMetrics {
+    pub fn new(m: &Metrics, topic: &str) -> Self {
+        TopicMetrics {
+            bytes_in: m.bytes_in.with_label_values(&[topic]),
+            bytes_out: m.bytes_out.with_label_values(&[topic]),
+            records_in: m.records_in.with_label_values(&[topic]),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Kafka wire helpers shared by the broker and the fuzz targets: request header parsing and
+//! body decoding (never panics, whatever the bytes), and the validation of record batches a
+//! client produces. Pure functions: no I/O, no broker state, no RocksDB.
+
+pub mod codes;
+pub mod request;
+pub mod validate;
+pub mod alloc;

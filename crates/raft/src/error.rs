@@ -1,0 +1,23 @@
+use thiserror::Error;
+
+/// Errors of the replication seam.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The underlying log failed; the partition refuses further writes.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::Error),
+    /// A group commit failed; the partition refuses further writes until restarted.
+    #[error("partition failed: {0}")]
+    Failed(String),
+    /// The partition was closed (shutdown or deletion) before the proposal committed.
+    #[error("partition closed")]
+    Closed,
+    /// The requested offset is outside `[log_start_offset, log_end_offset]`.
+    #[error("offset {offset} out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// A proposed payload is not a well-formed batch.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,403 @@
+//! Node configuration: built-in defaults < TOML file < `SLUICE_*` environment < flags.
+//!
+//! Settings Kafka has keep Kafka's names: `log.retention.ms` in the TOML file (dotted keys or
+//! tables), `SLUICE_LOG_RETENTION_MS` in the environment, `--log-retention-ms` as a flag.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use broker::BrokerConfig;
+use clap::Parser;
+use storage::FsyncPolicy;
+
+/// Sluice: a Kafka-compatible event streaming node.
+///
+/// With no arguments it starts a single node on 127.0.0.1:9092 with data in ./sluice-data.
+/// Every flag can also be set by the environment variable shown, or in the TOML file given
+/// by --config, under the Kafka name in brackets (flags win over the environment, the
+/// environment over the file).
+#[derive(Parser, Debug, Default)]
+#[command(name = "sluice", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id [node.id] (default 1).
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
+    pub node_id: Option<i32>,
+    /// Address the Kafka listener binds [kafka.addr] (default 127.0.0.1:9092).
+    #[arg(long, env = "SLUICE_KAFKA_ADDR", value_name = "HOST:PORT")]
+    pub kafka_addr: Option<String>,
+    /// Address given to clients in metadata [advertised.kafka.addr] (default: the Kafka
+    /// listener's address; 127.0.0.1 when it binds 0.0.0.0).
+    #[arg(long, env = "SLUICE_ADVERTISED_KAFKA_ADDR", value_name = "HOST:PORT")]
+    pub advertised_kafka_addr: Option<String>,
+    /// Address of the admin HTTP listener: /metrics, /health/live, /health/ready
+    /// [admin.addr] (default 127.0.0.1:9644).
+    #[arg(long, env = "SLUICE_ADMIN_ADDR", value_name = "HOST:PORT")]
+    pub admin_addr: Option<String>,
+    /// Data directory [data.dir] (default ./sluice-data).
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Fsync policy: `always` (group commit before acknowledging) or `interval` [log.fsync]
+    /// (default always).
+    #[arg(long, env = "SLUICE_LOG_FSYNC", value_name = "POLICY")]
+    pub fsync: Option<String>,
+    /// Fsync interval under the `interval` policy [log.flush.interval.ms] (default 1000).
+    #[arg(long, env = "SLUICE_LOG_FLUSH_INTERVAL_MS", value_name = "MS")]
+    pub log_flush_interval_ms: Option<u64>,
+    /// Rack of this node [broker.rack].
+    #[arg(long, env = "SLUICE_BROKER_RACK", value_name = "RACK")]
+    pub broker_rack: Option<String>,
+    /// Create topics on first use in Metadata [auto.create.topics.enable] (default true).
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS_ENABLE", value_name = "BOOL")]
+    pub auto_create_topics_enable: Option<bool>,
+    /// Partitions of auto-created topics and of topics created with -1 [num.partitions]
+    /// (default 1).
+    #[arg(long, env = "SLUICE_NUM_PARTITIONS", value_name = "N")]
+    pub num_partitions: Option<i32>,
+    /// Replication factor used when a request gives -1 [default.replication.factor]
+    /// (default 1).
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
+    pub default_replication_factor: Option<i16>,
+    /// Largest record batch accepted [message.max.bytes] (default 1048588).
+    #[arg(long, env = "SLUICE_MESSAGE_MAX_BYTES", value_name = "BYTES")]
+    pub message_max_bytes: Option<i32>,
+    /// Largest request frame accepted [socket.request.max.bytes] (default 104857600).
+    #[arg(long, env = "SLUICE_SOCKET_REQUEST_MAX_BYTES", value_name = "BYTES")]
+    pub socket_request_max_bytes: Option<usize>,
+    /// Default topic retention by time, -1 forever [log.retention.ms] (default 7 days).
+    #[arg(long, env = "SLUICE_LOG_RETENTION_MS", value_name = "MS")]
+    pub log_retention_ms: Option<i64>,
+    /// Default topic retention by partition size, -1 unlimited [log.retention.bytes].
+    #[arg(long, env = "SLUICE_LOG_RETENTION_BYTES", value_name = "BYTES")]
+    pub log_retention_bytes: Option<i64>,
+    /// Segment size at which a log rolls [log.segment.bytes] (default 1 GiB).
+    #[arg(long, env = "SLUICE_LOG_SEGMENT_BYTES", value_name = "BYTES")]
+    pub log_segment_bytes: Option<i64>,
+    /// Segment age at which a log rolls [log.roll.ms] (default 7 days).
+    #[arg(long, env = "SLUICE_LOG_ROLL_MS", value_name = "MS")]
+    pub log_roll_ms: Option<i64>,
+    /// Bytes between sparse index entries [log.index.interval.bytes] (default 4096).
+    #[arg(long, env = "SLUICE_LOG_INDEX_INTERVAL_BYTES", value_name = "BYTES")]
+    pub log_index_interval_bytes: Option<i32>,
+    /// How often retention runs [log.retention.check.interval.ms] (default 300000).
+    #[arg(long, env = "SLUICE_LOG_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    /// Log filter, as RUST_LOG [log.level] (default info).
+    #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// Everything the node needs to start.
+#[derive(Debug)]
+pub struct NodeConfig {
+    pub kafka_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub log_level: String,
+    pub broker: BrokerConfig,
+}
+
+/// A TOML file flattened to Kafka-style dotted names.
+struct FileConfig(BTreeMap<String, toml::Value>);
+
+impl FileConfig {
+    fn load(path: Option<&PathBuf>) -> anyhow::Result<Self> {
+        let mut out = BTreeMap::new();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let table: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            flatten("", &toml::Value::Table(table), &mut out);
+        }
+        for key in out.keys() {
+            if !KNOWN_KEYS.contains(&key.as_str()) {
+                bail!("unknown setting '{key}' in the config file (see docs/configuration.md)");
+            }
+        }
+        Ok(FileConfig(out))
+    }
+
+    fn string(&self, key: &str) -> anyhow::Result<Option<String>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(anyhow!("'{key}' must be a string, got {v}")),
+        }
+    }
+
+    fn int<T: TryFrom<i64>>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(i)) => T::try_from(*i)
+                .map(Some)
+                .map_err(|_| anyhow!("'{key}' = {i} is out of range")),
+            Some(v) => Err(anyhow!("'{key}' must be an integer, got {v}")),
+        }
+    }
+
+    fn bool(&self, key: &str) -> anyhow::Result<Option<bool>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+            Some(v) => Err(anyhow!("'{key}' must be true or false, got {v}")),
+        }
+    }
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "node.id",
+    "kafka.addr",
+    "advertised.kafka.addr",
+    "admin.addr",
+    "data.dir",
+    "log.fsync",
+    "log.flush.interval.ms",
+    "broker.rack",
+    "auto.create.topics.enable",
+    "num.partitions",
+    "default.replication.factor",
+    "message.max.bytes",
+    "socket.request.max.bytes",
+    "log.retention.ms",
+    "log.retention.bytes",
+    "log.segment.bytes",
+    "log.roll.ms",
+    "log.index.interval.bytes",
+    "log.retention.check.interval.ms",
+    "log.level",
+];
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .with_context(|| format!("{what} '{s}' is not HOST:PORT"))?
+        .next()
+        .ok_or_else(|| anyhow!("{what} '{s}' resolves to no address"))
+}
+
+fn split_host_port(what: &str, s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{what} '{s}' is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("{what} '{s}' has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{what} '{s}' has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+impl Cli {
+    /// Merges flags, environment and the TOML file into a node configuration.
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        let file = FileConfig::load(self.config.as_ref())?;
+        let d = BrokerConfig::default();
+        let kafka = match self.kafka_addr {
+            Some(a) => a,
+            None => file
+                .string("kafka.addr")?
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+        };
+        let kafka_addr = parse_addr("--kafka-addr", &kafka)?;
+        let advertised = match self.advertised_kafka_addr {
+            Some(a) => a,
+            None => match file.string("advertised.kafka.addr")? {
+                Some(a) => a,
+                None if kafka_addr.ip().is_unspecified() => {
+                    format!("127.0.0.1:{}", kafka_addr.port())
+                }
+                None => kafka_addr.to_string(),
+            },
+        };
+        let (advertised_host, advertised_port) =
+            split_host_port("--advertised-kafka-addr", &advertised)?;
+        let admin = match self.admin_addr {
+            Some(a) => a,
+            None => file
+                .string("admin.addr")?
+                .unwrap_or_else(|| "127.0.0.1:9644".into()),
+        };
+        let admin_addr = parse_addr("--admin-addr", &admin)?;
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => file
+                .string("data.dir")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("sluice-data")),
+        };
+        let fsync = match self.fsync.or(file.string("log.fsync")?).as_deref() {
+            None | Some("always") => FsyncPolicy::Always,
+            Some("interval") => {
+                let ms = match self.log_flush_interval_ms {
+                    Some(ms) => ms,
+                    None => file.int("log.flush.interval.ms")?.unwrap_or(1000),
+                };
+                if ms == 0 {
+                    bail!("log.flush.interval.ms must be positive");
+                }
+                FsyncPolicy::Interval(Duration::from_millis(ms))
+            }
+            Some(other) => bail!("fsync policy '{other}' is neither 'always' nor 'interval'"),
+        };
+        macro_rules! pick {
+            ($flag:expr, $key:literal, $default:expr) => {
+                match $flag {
+                    Some(v) => v,
+                    None => file.int($key)?.unwrap_or($default),
+                }
+            };
+        }
+        let broker = BrokerConfig {
+            node_id: pick!(self.node_id, "node.id", 1),
+            advertised_host,
+            advertised_port,
+            rack: match self.broker_rack {
+                Some(r) => Some(r),
+                None => file.string("broker.rack")?,
+            },
+            data_dir,
+            socket_request_max_bytes: pick!(
+                self.socket_request_max_bytes,
+                "socket.request.max.bytes",
+                d.socket_request_max_bytes
+            ),
+            auto_create_topics: match self.auto_create_topics_enable {
+                Some(b) => b,
+                None => file
+                    .bool("auto.create.topics.enable")?
+                    .unwrap_or(d.auto_create_topics),
+            },
+            num_partitions: pick!(self.num_partitions, "num.partitions", d.num_partitions),
+            default_replication_factor: pick!(
+                self.default_replication_factor,
+                "default.replication.factor",
+                d.default_replication_factor
+            ),
+            message_max_bytes: pick!(
+                self.message_max_bytes,
+                "message.max.bytes",
+                d.message_max_bytes
+            ),
+            log_retention_ms: pick!(self.log_retention_ms, "log.retention.ms", d.log_retention_ms),
+            log_retention_bytes: pick!(
+                self.log_retention_bytes,
+                "log.retention.bytes",
+                d.log_retention_bytes
+            ),
+            log_segment_bytes: pick!(
+                self.log_segment_bytes,
+                "log.segment.bytes",
+                d.log_segment_bytes
+            ),
+            log_roll_ms: pick!(self.log_roll_ms, "log.roll.ms", d.log_roll_ms),
+            log_index_interval_bytes: pick!(
+                self.log_index_interval_bytes,
+                "log.index.interval.bytes",
+                d.log_index_interval_bytes
+            ),
+            log_retention_check_interval: Duration::from_millis(pick!(
+                self.log_retention_check_interval_ms,
+                "log.retention.check.interval.ms",
+                d.log_retention_check_interval.as_millis() as u64
+            )),
+            fsync,
+        };
+        if broker.num_partitions < 1 {
+            bail!("num.partitions must be at least 1");
+        }
+        if broker.default_replication_factor < 1 {
+            bail!("default.replication.factor must be at least 1");
+        }
+        if broker.message_max_bytes < 1 {
+            bail!("message.max.bytes must be positive");
+        }
+        if broker.socket_request_max_bytes < 1024 {
+            bail!("socket.request.max.bytes must be at least 1024");
+        }
+        if broker.log_segment_bytes < 14 || broker.log_segment_bytes > i64::from(i32::MAX) {
+            bail!("log.segment.bytes must be between 14 and 2147483647");
+        }
+        if broker.log_retention_check_interval.is_zero() {
+            bail!("log.retention.check.interval.ms must be positive");
+        }
+        let log_level = match self.log_level {
+            Some(l) => l,
+            None => file.string("log.level")?.unwrap_or_else(|| "info".into()),
+        };
+        Ok(NodeConfig {
+            kafka_addr,
+            admin_addr,
+            log_level,
+            broker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_flag_over_file_over_default() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, "num.partitions = 6\n[log]\nretention.ms = 1000\n").unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            num_partitions: Some(3),
+            ..Cli::default()
+        };
+        let cfg = cli.resolve().unwrap();
+        assert_eq!(cfg.broker.num_partitions, 3, "flag wins");
+        assert_eq!(cfg.broker.log_retention_ms, 1000, "file value used");
+        assert_eq!(cfg.broker.message_max_bytes, 1_048_588, "default used");
+        assert_eq!(cfg.kafka_addr.port(), 9092);
+        std::fs::write(&path, "no.such.setting = 1\n").unwrap();
+        let err = Cli {
+            config: Some(path),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown setting"), "{err}");
+    }
+
+    #[test]
+    fn unspecified_bind_advertises_loopback() {
+        let cfg = Cli {
+            kafka_addr: Some("0.0.0.0:19092".into()),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.broker.advertised_host, "127.0.0.1");
+        assert_eq!(cfg.broker.advertised_port, 19092);
+    }
+}

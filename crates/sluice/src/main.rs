@@ -1,0 +1,113 @@
+//! The `sluice` binary: configuration, wiring, the admin HTTP listener, clean shutdown.
+
+mod admin;
+mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::metrics::Metrics;
+use broker::Broker;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Oversized allocations (a hostile array length in a request) get address space, not an
+/// abort: see `protocol::alloc`.
+#[global_allocator]
+static ALLOC: protocol::alloc::GuardedAlloc = protocol::alloc::GuardedAlloc;
+
+fn main() -> anyhow::Result<()> {
+    let cli = config::Cli::parse();
+    let cfg = cli.resolve()?;
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .context("invalid log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("starting the runtime")?;
+    let result = runtime.block_on(run(cfg));
+    // Blocking tasks (file deletion) get a moment to finish; partitions are already closed.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "sluice stopped");
+    }
+    result
+}
+
+async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        node_id = cfg.broker.node_id,
+        kafka = %cfg.kafka_addr,
+        advertised = %format!("{}:{}", cfg.broker.advertised_host, cfg.broker.advertised_port),
+        admin = %cfg.admin_addr,
+        data_dir = %cfg.broker.data_dir.display(),
+        fsync = ?cfg.broker.fsync,
+        "starting sluice"
+    );
+    let metrics = Metrics::new();
+    let broker_cfg = cfg.broker.clone();
+    let broker = tokio::task::block_in_place(|| Broker::open(broker_cfg, metrics))
+        .with_context(|| format!("opening data directory {}", cfg.broker.data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
+    let kafka_listener = tokio::net::TcpListener::bind(cfg.kafka_addr)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", cfg.kafka_addr))?;
+
+    let admin_task = tokio::spawn(admin::serve(admin_listener, broker.clone(), shutdown.clone()));
+    let retention_task = tokio::spawn(retention_loop(broker.clone(), shutdown.clone()));
+    let kafka_task = tokio::spawn(broker::serve(kafka_listener, broker.clone(), shutdown.clone()));
+    tracing::info!("sluice is ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: answering in-flight requests");
+    shutdown.cancel();
+    let _ = kafka_task.await;
+    let _ = retention_task.await;
+    broker.shutdown().await;
+    let _ = admin_task.await;
+    tracing::info!("shutdown complete: logs synced");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+    }
+}
+
+/// Applies retention and refreshes per-partition gauges on the configured interval.
+async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(broker.config.log_retention_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let b = broker.clone();
+        let now = broker::api::produce::now_ms();
+        let _ = tokio::task::spawn_blocking(move || b.topics.enforce_retention(now)).await;
+    }
+}

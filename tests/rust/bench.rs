@@ -1,0 +1,659 @@
+//! `sluice-bench`: producer and consumer load generator in the manner of Kafka's
+//! `kafka-producer-perf-test` / `kafka-consumer-perf-test`, built on librdkafka (rdkafka).
+//!
+//! Prints exactly one JSON line per phase on stdout (progress goes to stderr):
+//! `{"mode":"produce","records":..,"records_per_sec":..,"mb_per_sec":..,"p50_ms":..,
+//!   "p99_ms":..,"p999_ms":..,"broker_cpu_s":..,"broker_cpu_s_per_million":..,
+//!   "broker_peak_rss_mib":.., ...}`
+//! MB is 2^20 bytes of record payload (as Kafka's tools count). Produce latency is from
+//! the `send` call to the delivery report, so it includes time spent in the client queue.
+//! Broker CPU and RSS come from `/proc/<pid>` when `--broker-pid` is given; the peak RSS
+//! (VmHWM) is the broker's lifetime peak, not the phase's.
+//!
+//! Exit status 1 if any record failed or the consumer fell short.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Produce,
+    Consume,
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-bench",
+    about = "Kafka producer/consumer throughput and latency tool"
+)]
+struct Args {
+    /// bootstrap.servers
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Topic to write and read.
+    #[arg(long, default_value = "sluice-bench")]
+    topic: String,
+    /// Partitions of the topic, created if missing (produce and both modes).
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Records to produce (and to consume).
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Payload size in bytes (null key).
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// acks: 0, 1 or all.
+    #[arg(long, default_value = "1", value_parser = ["0", "1", "all", "-1"])]
+    acks: String,
+    /// linger.ms
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// compression.type: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    compression: String,
+    /// Rate limit in records/s; -1 for as fast as possible.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    throughput: i64,
+    /// produce, consume (all partitions from the beginning), or both (produce, then consume).
+    #[arg(long, value_enum, default_value_t = Mode::Produce)]
+    mode: Mode,
+    /// Broker process id, to report its CPU time and peak RSS from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Extra librdkafka property for the producer, `key=value` (repeatable).
+    #[arg(short = 'X', long = "producer-prop", value_parser = parse_kv)]
+    producer_props: Vec<(String, String)>,
+    /// Extra librdkafka property for the consumer, `key=value` (repeatable).
+    #[arg(long = "consumer-prop", value_parser = parse_kv)]
+    consumer_props: Vec<(String, String)>,
+    /// Give up on a phase after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    report_secs: u64,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("sluice-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs the requested phases; `Ok(false)` when a phase saw errors.
+fn run(args: &Args) -> anyhow::Result<bool> {
+    let mut ok = true;
+    if matches!(args.mode, Mode::Produce | Mode::Both) {
+        ensure_topic(args)?;
+        ok &= produce(args)?;
+    }
+    if matches!(args.mode, Mode::Consume | Mode::Both) {
+        ok &= consume(args)?;
+    }
+    Ok(ok)
+}
+
+fn base_config(args: &Args) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &args.bootstrap)
+        .set("client.id", "sluice-bench");
+    c
+}
+
+fn ensure_topic(args: &Args) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(args).create().context("admin client")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let res = rt
+        .block_on(admin.create_topics([&topic], &opts))
+        .context("CreateTopics")?;
+    match res.into_iter().next() {
+        Some(Ok(_)) => eprintln!(
+            "created topic {} with {} partitions",
+            args.topic, args.partitions
+        ),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+            eprintln!("topic {} exists; using it as it is", args.topic)
+        }
+        Some(Err((t, code))) => bail!("CreateTopics {t}: {code:?}"),
+        None => bail!("CreateTopics: empty answer"),
+    }
+    Ok(())
+}
+
+/// Partition count of the topic, waiting until every partition has a leader.
+fn partitions_of(
+    client: &rdkafka::client::Client<impl ClientContext>,
+    topic: &str,
+) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .context("metadata")?;
+        if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+            if t.error().is_none()
+                && !t.partitions().is_empty()
+                && t.partitions().iter().all(|p| p.leader() >= 0)
+            {
+                return Ok(t.partitions().len() as i32);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} has no leaders for all partitions after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Produce
+// ---------------------------------------------------------------------------
+
+struct BenchContext {
+    start: Instant,
+    hist: Mutex<Histogram>,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for BenchContext {}
+
+impl ProducerContext for BenchContext {
+    /// Nanoseconds since `start` at the `send` call.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_ns: usize) {
+        match result {
+            Ok(_) => {
+                let now_ns = self.start.elapsed().as_nanos() as u64;
+                let us = now_ns.saturating_sub(sent_ns as u64) / 1000;
+                self.hist.lock().expect("histogram lock").record(us);
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_error.lock().expect("error lock");
+                if first.is_none() {
+                    *first = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn produce(args: &Args) -> anyhow::Result<bool> {
+    let mut cfg = base_config(args);
+    cfg.set("acks", &args.acks)
+        .set("linger.ms", args.linger_ms.to_string())
+        .set("compression.type", &args.compression)
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &args.producer_props {
+        cfg.set(k, v);
+    }
+    let ctx = BenchContext {
+        start: Instant::now(),
+        hist: Mutex::new(Histogram::new()),
+        acked: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    };
+    let producer: BaseProducer<BenchContext> = cfg.create_with_context(ctx).context("producer")?;
+    // Connect and learn leaders before the clock starts.
+    partitions_of(producer.client(), &args.topic)?;
+
+    let mut rng = rand::thread_rng();
+    let payload: Vec<u8> = (0..args.record_size)
+        .map(|_| rng.gen_range(b'A'..=b'Z'))
+        .collect();
+    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let ctx = producer.context();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let rate = (args.throughput > 0).then_some(args.throughput as f64);
+    let mut progress = Progress::new(args.report_secs);
+
+    for i in 0..args.records {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            loop {
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                producer.poll(due - now);
+            }
+        }
+        let sent_ns = ctx.start.elapsed().as_nanos() as usize;
+        let mut record = BaseRecord::<'_, [u8], [u8], usize>::with_opaque_to(&args.topic, sent_ns)
+            .payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                    if Instant::now() > deadline {
+                        bail!("timed out with a full producer queue after {i} records");
+                    }
+                }
+                Err((e, _)) => bail!("send failed after {i} records: {e}"),
+            }
+        }
+        if i % 256 == 0 {
+            producer.poll(Duration::ZERO);
+            progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
+        }
+    }
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {} deliveries",
+                producer.in_flight_count()
+            );
+        }
+        producer.poll(Duration::from_millis(50));
+        progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+
+    let acked = ctx.acked.load(Ordering::Relaxed);
+    let failed = ctx.failed.load(Ordering::Relaxed);
+    let hist = ctx.hist.lock().expect("histogram lock");
+    let mut out = json!({
+        "mode": "produce",
+        "records": acked,
+        "errors": failed,
+        "records_per_sec": round(acked as f64 / elapsed, 1),
+        "mb_per_sec": round(acked as f64 * args.record_size as f64 / elapsed / MIB, 3),
+        "p50_ms": hist.percentile_ms(0.50),
+        "p99_ms": hist.percentile_ms(0.99),
+        "p999_ms": hist.percentile_ms(0.999),
+        "max_ms": hist.max_ms(),
+        "mean_ms": hist.mean_ms(),
+        "elapsed_s": round(elapsed, 3),
+        "record_size": args.record_size,
+        "acks": args.acks,
+        "linger_ms": args.linger_ms,
+        "compression": args.compression,
+        "target_records_per_sec": args.throughput,
+        "topic": args.topic,
+    });
+    add_broker_stats(&mut out, broker_before, broker_after, acked);
+    println!("{out}");
+    if let Some(e) = ctx.first_error.lock().expect("error lock").as_ref() {
+        eprintln!("{failed} records failed; first error: {e}");
+    }
+    Ok(failed == 0 && acked == args.records)
+}
+
+// ---------------------------------------------------------------------------
+// Consume
+// ---------------------------------------------------------------------------
+
+fn consume(args: &Args) -> anyhow::Result<bool> {
+    let mut cfg = base_config(args);
+    // Manual assignment only: the group id is required by librdkafka, never used.
+    cfg.set("group.id", "sluice-bench")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &args.consumer_props {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create().context("consumer")?;
+    let parts = partitions_of(consumer.client(), &args.topic)?;
+    let mut available = 0u64;
+    for p in 0..parts {
+        let (lo, hi) = consumer
+            .fetch_watermarks(&args.topic, p, Duration::from_secs(10))
+            .with_context(|| format!("watermarks of {}/{p}", args.topic))?;
+        available += (hi - lo).max(0) as u64;
+    }
+    let target = args.records.min(available);
+    if target < args.records {
+        eprintln!(
+            "topic {} holds {available} records, fewer than --records {}; reading {target}",
+            args.topic, args.records
+        );
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(&args.topic, p, Offset::Beginning)
+            .context("assignment")?;
+    }
+
+    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    consumer.assign(&tpl).context("assign")?;
+    let mut progress = Progress::new(args.report_secs);
+    let (mut n, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let mut first_record_at = None;
+    while n < target && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first_record_at.get_or_insert_with(Instant::now);
+                n += 1;
+                bytes += (m.payload_len() + m.key_len()) as u64;
+            }
+            Some(Err(e)) => {
+                errors += 1;
+                eprintln!("consumer error: {e}");
+            }
+            None => {}
+        }
+        progress.tick("consume", n, started);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    let mut out = json!({
+        "mode": "consume",
+        "records": n,
+        "errors": errors,
+        "records_per_sec": round(n as f64 / elapsed, 1),
+        "mb_per_sec": round(bytes as f64 / elapsed / MIB, 3),
+        "elapsed_s": round(elapsed, 3),
+        "first_record_ms": first_record_at.map(|t| round(t.duration_since(started).as_secs_f64() * 1e3, 3)),
+        "bytes": bytes,
+        "topic": args.topic,
+        "partitions": parts,
+    });
+    add_broker_stats(&mut out, broker_before, broker_after, n);
+    println!("{out}");
+    Ok(n == target && n == args.records && errors == 0)
+}
+
+// ---------------------------------------------------------------------------
+// Progress, broker stats, histogram
+// ---------------------------------------------------------------------------
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+struct Progress {
+    every: Option<Duration>,
+    next: Instant,
+    last_count: u64,
+    last_at: Instant,
+}
+
+impl Progress {
+    fn new(secs: u64) -> Progress {
+        let every = (secs > 0).then(|| Duration::from_secs(secs));
+        let now = Instant::now();
+        Progress {
+            every,
+            next: now + every.unwrap_or_default(),
+            last_count: 0,
+            last_at: now,
+        }
+    }
+
+    fn tick(&mut self, what: &str, count: u64, started: Instant) {
+        let Some(every) = self.every else { return };
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        let window = now.duration_since(self.last_at).as_secs_f64();
+        eprintln!(
+            "{what}: {count} records in {:.1} s, {:.0} records/s in the last {:.1} s",
+            now.duration_since(started).as_secs_f64(),
+            (count - self.last_count) as f64 / window,
+            window
+        );
+        self.last_count = count;
+        self.last_at = now;
+        self.next = now + every;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ProcStats {
+    cpu_s: f64,
+    hwm_kib: u64,
+    rss_kib: u64,
+}
+
+/// utime+stime of `/proc/<pid>/stat` and VmHWM/VmRSS of `/proc/<pid>/status`.
+fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat (is --broker-pid right?)"))?;
+    // The command name may hold spaces; fields after ")" start at field 3 (state),
+    // so utime (field 14) and stime (field 15) are at 11 and 12.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/pid/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/pid/stat")?
+            .parse::<u64>()
+            .context("tick count")? as f64)
+    };
+    let cpu_s = (ticks(11)? + ticks(12)?) / clock_ticks_per_sec();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(ProcStats {
+        cpu_s,
+        hwm_kib: kib("VmHWM:"),
+        rss_kib: kib("VmRSS:"),
+    })
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn add_broker_stats(
+    out: &mut serde_json::Value,
+    before: Option<ProcStats>,
+    after: Option<ProcStats>,
+    records: u64,
+) {
+    let (cpu, per_million, peak, rss) = match (before, after) {
+        (Some(b), Some(a)) => {
+            let cpu = a.cpu_s - b.cpu_s;
+            let per_million = (records > 0).then(|| round(cpu / records as f64 * 1e6, 3));
+            (
+                Some(round(cpu, 3)),
+                per_million,
+                Some(round(a.hwm_kib as f64 / 1024.0, 1)),
+                Some(round(a.rss_kib as f64 / 1024.0, 1)),
+            )
+        }
+        _ => (None, None, None, None),
+    };
+    out["broker_cpu_s"] = json!(cpu);
+    out["broker_cpu_s_per_million"] = json!(per_million);
+    out["broker_peak_rss_mib"] = json!(peak);
+    out["broker_rss_mib"] = json!(rss);
+}
+
+/// Log-linear histogram of microsecond values: exact below 128 µs, then 64 buckets per
+/// power of two (under 1.6 % relative error), like HdrHistogram with 2 significant digits.
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+    sum: u128,
+    max: u64,
+}
+
+const LINEAR: u64 = 128;
+const SUB: u64 = 64;
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; Self::index(u64::MAX) + 1],
+            total: 0,
+            sum: 0,
+            max: 0,
+        }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < LINEAR {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as u64; // v in [2^e, 2^(e+1)), e >= 7
+        let shift = e - 6;
+        let sub = v >> shift; // in [64, 128)
+        (shift * SUB + sub) as usize
+    }
+
+    /// Highest value that falls in bucket `i`.
+    fn upper(i: usize) -> u64 {
+        let i = i as u64;
+        if i < LINEAR {
+            return i;
+        }
+        let shift = i / SUB - 1;
+        let sub = i % SUB + SUB;
+        (sub << shift) + ((1u64 << shift) - 1)
+    }
+
+    fn record(&mut self, v: u64) {
+        self.counts[Self::index(v)] += 1;
+        self.total += 1;
+        self.sum += v as u128;
+        self.max = self.max.max(v);
+    }
+
+    fn percentile_us(&self, q: f64) -> Option<u64> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper(i).min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+
+    fn percentile_ms(&self, q: f64) -> Option<f64> {
+        self.percentile_us(q).map(|us| round(us as f64 / 1e3, 3))
+    }
+
+    fn max_ms(&self) -> Option<f64> {
+        (self.total > 0).then(|| round(self.max as f64 / 1e3, 3))
+    }
+
+    fn mean_ms(&self) -> Option<f64> {
+        (self.total > 0).then(|| round(self.sum as f64 / self.total as f64 / 1e3, 3))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_contiguous_and_tight() {
+        let mut prev_upper = None;
+        for i in 0..Histogram::index(u64::MAX) {
+            let up = Histogram::upper(i);
+            if let Some(p) = prev_upper {
+                assert!(up > p, "bucket {i} upper {up} after {p}");
+            }
+            assert_eq!(Histogram::index(up), i, "upper of {i} maps back");
+            assert_eq!(
+                Histogram::index(up + 1),
+                i + 1,
+                "next value opens bucket {}",
+                i + 1
+            );
+            prev_upper = Some(up);
+        }
+        for v in [0u64, 1, 127, 128, 129, 1000, 12_345, 1 << 40, u64::MAX] {
+            let up = Histogram::upper(Histogram::index(v));
+            assert!(
+                up >= v && (up - v) as f64 <= v as f64 / 64.0 + 1.0,
+                "{v} -> {up}"
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_percentiles() {
+        let mut h = Histogram::new();
+        assert_eq!(h.percentile_us(0.5), None);
+        for v in 1..=1000u64 {
+            h.record(v * 10);
+        }
+        let p50 = h.percentile_us(0.5).expect("p50");
+        let p99 = h.percentile_us(0.99).expect("p99");
+        assert!((5000..=5080).contains(&p50), "p50 {p50}");
+        assert!((9900..=10_000).contains(&p99), "p99 {p99}");
+        assert_eq!(h.percentile_us(1.0), Some(10_000));
+        assert_eq!(h.mean_ms(), Some(5.005));
+    }
+
+    #[test]
+    fn proc_stats_of_self() {
+        let s = proc_stats(std::process::id()).expect("own /proc");
+        assert!(s.hwm_kib > 0 && s.rss_kib > 0 && s.cpu_s >= 0.0);
+    }
+}

@@ -1,0 +1,1083 @@
+//! Real librdkafka clients (through rdkafka) against a real `sluice` process.
+//!
+//! Every test starts its own node on free loopback ports with its own data dir, so the
+//! tests run in parallel and a failure prints only its own node's log. Consumers use
+//! manual `assign()` only (no consumer groups yet).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AlterConfig, NewPartitions, ResourceSpecifier};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
+use sluice_tests::*;
+
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn value_of(m: &OwnedMessage) -> Option<String> {
+    m.payload().map(|p| String::from_utf8_lossy(p).into_owned())
+}
+
+fn key_of(m: &OwnedMessage) -> Option<String> {
+    m.key().map(|k| String::from_utf8_lossy(k).into_owned())
+}
+
+/// Checks that consumed messages match the acknowledged ones exactly, partition by
+/// partition: same offsets (dense from 0), same keys and values, same order.
+fn assert_matches_acked(topic: &str, acked: &[Acked], msgs: &[OwnedMessage]) {
+    let mut want: HashMap<i32, Vec<&Acked>> = HashMap::new();
+    for a in acked {
+        want.entry(a.partition).or_default().push(a);
+    }
+    let got = by_partition(msgs);
+    for (p, list) in &want {
+        let mut sorted = list.clone();
+        sorted.sort_by_key(|a| a.offset);
+        for (i, a) in sorted.iter().enumerate() {
+            assert_eq!(
+                a.offset, i as i64,
+                "{topic}/{p}: acked offsets not dense from 0"
+            );
+        }
+        let g = got
+            .get(p)
+            .unwrap_or_else(|| panic!("{topic}/{p}: nothing consumed, {} acked", list.len()));
+        assert_eq!(
+            g.len(),
+            sorted.len(),
+            "{topic}/{p}: consumed count differs from acked"
+        );
+        for (a, m) in sorted.iter().zip(g.iter()) {
+            assert_eq!(m.offset(), a.offset, "{topic}/{p}: offset order");
+            assert_eq!(
+                m.key().map(<[u8]>::to_vec),
+                a.key,
+                "{topic}/{p}@{}: key",
+                a.offset
+            );
+            assert_eq!(
+                m.payload().map(<[u8]>::to_vec),
+                a.value,
+                "{topic}/{p}@{}: value",
+                a.offset
+            );
+        }
+    }
+    for p in got.keys() {
+        assert!(
+            want.contains_key(p),
+            "{topic}/{p}: consumed records never produced"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Produce / consume
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_partition_topic_keyed_acks_all_round_trip() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "six-partitions";
+    create_topic(&bs, topic, 6, &[]).await;
+
+    let p = producer(&bs, &[("acks", "all")]);
+    let records: Vec<_> = (0..600)
+        .map(|i| {
+            (
+                None,
+                Some(format!("key-{}", i % 24)),
+                format!("value-{i:05}"),
+            )
+        })
+        .collect();
+    let acked = produce_all(&p, topic, &records).await;
+
+    // Same key, same partition; offsets dense per partition in send order.
+    let mut key_part: HashMap<Option<Vec<u8>>, i32> = HashMap::new();
+    let mut per_part: HashMap<i32, Vec<i64>> = HashMap::new();
+    for a in &acked {
+        let prev = key_part.insert(a.key.clone(), a.partition);
+        assert!(
+            prev.is_none() || prev == Some(a.partition),
+            "key moved partition"
+        );
+        per_part.entry(a.partition).or_default().push(a.offset);
+    }
+    assert!(
+        per_part.len() >= 4,
+        "24 keys should spread over >= 4 of 6 partitions"
+    );
+    for (part, offs) in &per_part {
+        let expect: Vec<i64> = (0..offs.len() as i64).collect();
+        assert_eq!(
+            offs, &expect,
+            "partition {part}: acked offsets in send order"
+        );
+    }
+
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, topic, 6);
+    let msgs = consume(&c, records.len(), CONSUME_TIMEOUT).await;
+    assert_matches_acked(topic, &acked, &msgs);
+    assert_no_more(&c, Duration::from_millis(500)).await;
+
+    for part in 0..6 {
+        let n = per_part.get(&part).map_or(0, Vec::len) as i64;
+        assert_eq!(watermarks(&c, topic, part), (0, n), "watermarks of {part}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_round_trips() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        create_topic(&bs, &topic, 2, &[]).await;
+        let p = producer(
+            &bs,
+            &[
+                ("compression.type", codec),
+                ("linger.ms", "50"),
+                ("batch.num.messages", "100"),
+            ],
+        );
+        let records: Vec<_> = (0..400)
+            .map(|i| {
+                (
+                    Some(i % 2),
+                    Some(format!("k{i}")),
+                    format!("{codec}-{i:04}-{}", "compressible-".repeat(20)),
+                )
+            })
+            .collect();
+        let acked = produce_all(&p, &topic, &records).await;
+        let c = consumer(&bs, &[]);
+        assign_all_from_beginning(&c, &topic, 2);
+        let msgs = consume(&c, records.len(), CONSUME_TIMEOUT).await;
+        assert_matches_acked(&topic, &acked, &msgs);
+        assert_no_more(&c, Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_null_values_and_timestamps_survive() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "headers";
+    create_topic(&bs, topic, 1, &[]).await;
+    let p = producer(&bs, &[]);
+    let t0 = now_ms() - 60_000;
+
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "h1",
+            value: Some("a"),
+        })
+        .insert(Header {
+            key: "null-header",
+            value: None::<&str>,
+        })
+        .insert(Header {
+            key: "h1",
+            value: Some("b"),
+        })
+        .insert(Header {
+            key: "bin",
+            value: Some(&[0u8, 255, 1][..]),
+        });
+    let sends = [
+        FutureRecord::<str, str>::to(topic)
+            .key("k")
+            .payload("v")
+            .headers(headers)
+            .timestamp(t0),
+        FutureRecord::<str, str>::to(topic)
+            .key("tombstone")
+            .timestamp(t0 + 1),
+        FutureRecord::<str, str>::to(topic)
+            .payload("no-key")
+            .timestamp(t0 + 2),
+        FutureRecord::<str, str>::to(topic)
+            .key("")
+            .payload("")
+            .timestamp(t0 + 3),
+    ];
+    for (i, r) in sends.into_iter().enumerate() {
+        let d = p
+            .send(r, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
+        assert_eq!((d.partition, d.offset), (0, i as i64));
+    }
+
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, topic, 1);
+    let msgs = consume(&c, 4, CONSUME_TIMEOUT).await;
+
+    let hs: Vec<(String, Option<Vec<u8>>)> = msgs[0]
+        .headers()
+        .expect("first record has headers")
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+        .collect();
+    assert_eq!(
+        hs,
+        vec![
+            ("h1".to_string(), Some(b"a".to_vec())),
+            ("null-header".to_string(), None),
+            ("h1".to_string(), Some(b"b".to_vec())),
+            ("bin".to_string(), Some(vec![0, 255, 1])),
+        ],
+        "headers, in order, duplicates and null value kept"
+    );
+    assert_eq!(key_of(&msgs[0]).as_deref(), Some("k"));
+    assert_eq!(value_of(&msgs[0]).as_deref(), Some("v"));
+    assert_eq!(msgs[0].timestamp(), Timestamp::CreateTime(t0));
+
+    assert_eq!(key_of(&msgs[1]).as_deref(), Some("tombstone"));
+    assert_eq!(msgs[1].payload(), None, "null value stays null, not empty");
+    assert_eq!(msgs[1].timestamp(), Timestamp::CreateTime(t0 + 1));
+
+    assert_eq!(msgs[2].key(), None, "null key stays null");
+    assert_eq!(value_of(&msgs[2]).as_deref(), Some("no-key"));
+    assert_eq!(msgs[2].timestamp(), Timestamp::CreateTime(t0 + 2));
+    assert!(
+        msgs[2].headers().is_none_or(|h| h.count() == 0),
+        "no headers on a record sent without"
+    );
+
+    assert_eq!(
+        msgs[3].key(),
+        Some(&b""[..]),
+        "empty key stays empty, not null"
+    );
+    assert_eq!(msgs[3].payload(), Some(&b""[..]), "empty value stays empty");
+    assert_eq!(msgs[3].timestamp(), Timestamp::CreateTime(t0 + 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_and_offsets_for_times() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "times";
+    create_topic(&bs, topic, 1, &[]).await;
+    let c = consumer(&bs, &[]);
+    assert_eq!(watermarks(&c, topic, 0), (0, 0), "empty partition");
+
+    let p = producer(&bs, &[]);
+    let t0 = now_ms() - 3_600_000;
+    for i in 0..10i64 {
+        let v = format!("t{i}");
+        let r = FutureRecord::<str, String>::to(topic)
+            .payload(&v)
+            .timestamp(t0 + i * 1000);
+        let d = p
+            .send(r, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
+        assert_eq!(d.offset, i);
+    }
+    assert_eq!(watermarks(&c, topic, 0), (0, 10));
+
+    let cases = [
+        ("before every record", t0 - 5_000, Offset::Offset(0)),
+        ("exactly record 3", t0 + 3_000, Offset::Offset(3)),
+        ("between 3 and 4", t0 + 3_500, Offset::Offset(4)),
+        ("last record", t0 + 9_000, Offset::Offset(9)),
+        ("after every record", t0 + 100_000, Offset::End),
+    ];
+    for (what, ts, want) in cases {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(ts))
+            .expect("tpl");
+        let res = c
+            .offsets_for_times(tpl, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("ListOffsets by time ({what}): {e}"));
+        let el = res.find_partition(topic, 0).expect("partition in result");
+        assert!(el.error().is_ok(), "{what}: {:?}", el.error());
+        assert_eq!(el.offset(), want, "offsets_for_times {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_log_start() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "delete-records";
+    create_topic(&bs, topic, 1, &[]).await;
+    let p = producer(&bs, &[]);
+    let records: Vec<_> = (0..10).map(|i| (Some(0), None, format!("r{i}"))).collect();
+    produce_all(&p, topic, &records).await;
+
+    let admin = admin(&bs);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(4))
+        .expect("tpl");
+    let res = admin
+        .delete_records(&tpl, &admin_opts())
+        .await
+        .expect("DeleteRecords request");
+    let el = res.find_partition(topic, 0).expect("partition in result");
+    assert!(el.error().is_ok(), "DeleteRecords error: {:?}", el.error());
+    assert_eq!(el.offset(), Offset::Offset(4), "new low watermark");
+
+    let c = consumer(&bs, &[]);
+    assert_eq!(watermarks(&c, topic, 0), (4, 10));
+    assign_all_from_beginning(&c, topic, 1);
+    let msgs = consume(&c, 6, CONSUME_TIMEOUT).await;
+    let offs: Vec<i64> = msgs.iter().map(|m| m.offset()).collect();
+    assert_eq!(offs, (4..10).collect::<Vec<_>>());
+    assert_eq!(value_of(&msgs[0]).as_deref(), Some("r4"));
+
+    // Deleting beyond the high watermark is an error (OFFSET_OUT_OF_RANGE in Kafka).
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(50))
+        .expect("tpl");
+    let res = admin.delete_records(&tpl, &admin_opts()).await;
+    let failed = match &res {
+        Err(_) => true,
+        Ok(r) => r
+            .find_partition(topic, 0)
+            .is_none_or(|e| e.error().is_err()),
+    };
+    assert!(failed, "DeleteRecords past the end must fail: {res:?}");
+
+    // Offset::End deletes everything.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::End)
+        .expect("tpl");
+    let res = admin
+        .delete_records(&tpl, &admin_opts())
+        .await
+        .expect("DeleteRecords request");
+    let el = res.find_partition(topic, 0).expect("partition in result");
+    assert!(
+        el.error().is_ok(),
+        "DeleteRecords(End) error: {:?}",
+        el.error()
+    );
+    assert_eq!(watermarks(&c, topic, 0), (10, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_and_alter_topic_configs() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "configs";
+    create_topic(&bs, topic, 1, &[("retention.ms", "3600000")]).await;
+    let admin = admin(&bs);
+
+    let describe = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            let res = admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_opts())
+                .await
+                .expect("DescribeConfigs request");
+            let r = res
+                .into_iter()
+                .next()
+                .expect("one resource")
+                .unwrap_or_else(|code| panic!("DescribeConfigs {topic}: {code:?}"));
+            r.get(name).and_then(|e| e.value.clone())
+        }
+    };
+    assert_eq!(describe("retention.ms").await.as_deref(), Some("3600000"));
+    assert!(
+        describe("cleanup.policy").await.is_some(),
+        "a default config is described too"
+    );
+
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("retention.ms", "7200000");
+    let res = admin
+        .alter_configs([&alter], &admin_opts())
+        .await
+        .expect("AlterConfigs request");
+    assert!(res[0].is_ok(), "AlterConfigs: {:?}", res[0]);
+    assert_eq!(describe("retention.ms").await.as_deref(), Some("7200000"));
+
+    let bad = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("retention.ms", "soon");
+    let res = admin.alter_configs([&bad], &admin_opts()).await;
+    assert!(
+        res.is_err() || matches!(&res, Ok(v) if v[0].is_err()),
+        "a non-numeric retention.ms must be rejected: {res:?}"
+    );
+    assert_eq!(describe("retention.ms").await.as_deref(), Some("7200000"));
+
+    let res = admin
+        .describe_configs([&ResourceSpecifier::Topic("no-such-topic")], &admin_opts())
+        .await;
+    assert!(
+        res.is_err() || matches!(&res, Ok(v) if v[0].is_err()),
+        "DescribeConfigs of a missing topic must fail: {res:?}"
+    );
+
+    // Broker resource: id from metadata.
+    let c = consumer(&bs, &[]);
+    let md = c
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let broker_id = md.brokers().first().expect("one broker").id();
+    let res = admin
+        .describe_configs([&ResourceSpecifier::Broker(broker_id)], &admin_opts())
+        .await
+        .expect("DescribeConfigs broker request");
+    let r = res
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .unwrap_or_else(|code| panic!("DescribeConfigs broker {broker_id}: {code:?}"));
+    assert!(!r.entries.is_empty(), "broker has configs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_admin_lifecycle() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "lifecycle";
+    create_topic(&bs, topic, 1, &[]).await;
+    let admin = admin(&bs);
+
+    let again = rdkafka::admin::NewTopic::new(topic, 1, rdkafka::admin::TopicReplication::Fixed(1));
+    let res = admin
+        .create_topics([&again], &admin_opts())
+        .await
+        .expect("CreateTopics request");
+    assert_eq!(
+        res[0],
+        Err((topic.to_string(), RDKafkaErrorCode::TopicAlreadyExists)),
+        "creating an existing topic"
+    );
+
+    let res = admin
+        .create_partitions([&NewPartitions::new(topic, 3)], &admin_opts())
+        .await
+        .expect("CreatePartitions request");
+    assert!(res[0].is_ok(), "CreatePartitions: {:?}", res[0]);
+    wait_for_topic(&bs, topic, 3).await;
+
+    let p = producer(&bs, &[]);
+    let acked = produce_all(&p, topic, &[(Some(2), None, "into-new-partition".into())]).await;
+    assert_eq!((acked[0].partition, acked[0].offset), (2, 0));
+
+    let res = admin
+        .delete_topics(&[topic], &admin_opts())
+        .await
+        .expect("DeleteTopics request");
+    assert!(res[0].is_ok(), "DeleteTopics: {:?}", res[0]);
+    let c = consumer(&bs, &[("allow.auto.create.topics", "false")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        let gone = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .is_none_or(|t| t.error().is_some());
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deleted topic still in metadata after 15s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_writes_each_record_once() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "idempotent";
+    create_topic(&bs, topic, 3, &[]).await;
+    let p = producer(
+        &bs,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "2"),
+            ("batch.num.messages", "50"),
+        ],
+    );
+    let n = 2000;
+    let records: Vec<_> = (0..n)
+        .map(|i| (None, Some(format!("k{}", i % 17)), format!("idem-{i}")))
+        .collect();
+    let acked = produce_all(&p, topic, &records).await;
+
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, topic, 3);
+    let msgs = consume(&c, n, CONSUME_TIMEOUT).await;
+    assert_matches_acked(topic, &acked, &msgs);
+    let distinct: HashSet<_> = msgs.iter().map(value_of).collect();
+    assert_eq!(distinct.len(), n, "no duplicates");
+    assert_no_more(&c, Duration::from_millis(500)).await;
+    let total: i64 = (0..3).map(|part| watermarks(&c, topic, part).1).sum();
+    assert_eq!(total, n as i64, "sum of high watermarks");
+}
+
+// ---------------------------------------------------------------------------
+// Fetch behaviour, metadata, errors
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_fetch_is_woken_by_new_records() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "long-poll";
+    create_topic(&bs, topic, 1, &[]).await;
+    // A broker that only answers when max_wait expires would take ~10 s here.
+    let c = consumer(&bs, &[("fetch.wait.max.ms", "10000")]);
+    assign_all_from_beginning(&c, topic, 1);
+    let p = producer(&bs, &[("linger.ms", "0")]);
+
+    for round in 0..3i64 {
+        let produce = async {
+            // Let the consumer park in a fetch on the empty tail first.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let v = format!("wake-{round}");
+            let r = FutureRecord::<str, String>::to(topic).payload(&v);
+            let d = p
+                .send(r, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+            (d.offset, Instant::now())
+        };
+        let receive = async {
+            let m = tokio::time::timeout(Duration::from_secs(20), c.recv())
+                .await
+                .expect("no record within 20 s")
+                .expect("consumer error");
+            (m.offset(), value_of(&m.detach()), Instant::now())
+        };
+        let ((off, acked_at), (got_off, got_val, got_at)) = tokio::join!(produce, receive);
+        assert_eq!(off, round);
+        assert_eq!(got_off, round);
+        assert_eq!(got_val, Some(format!("wake-{round}")));
+        let lag = got_at.saturating_duration_since(acked_at);
+        assert!(
+            lag < Duration::from_secs(3),
+            "round {round}: record reached the waiting consumer {lag:?} after its ack \
+             (fetch.wait.max.ms=10000): long poll not woken by the append"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_for_unknown_topic_auto_creates_it() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+
+    // librdkafka producers ask for auto-creation (allow.auto.create.topics defaults
+    // to true for producers); the broker default is num.partitions=1.
+    let p = producer(&bs, &[]);
+    let topic = "auto-created";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let md = p
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        if let Some(t) = t.filter(|t| t.error().is_none()) {
+            assert_eq!(t.partitions().len(), 1, "num.partitions default");
+            if t.partitions()[0].leader() >= 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic not auto-created within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = p
+        .send(
+            FutureRecord::<str, str>::to(topic).payload("hello"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to auto-created topic: {e}"));
+    assert_eq!((d.partition, d.offset), (0, 0));
+
+    // Produce straight to another unknown topic.
+    let d = p
+        .send(
+            FutureRecord::<str, str>::to("auto-by-produce").payload("x"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to unknown topic: {e}"));
+    assert_eq!((d.partition, d.offset), (0, 0));
+
+    // Metadata with allow_auto_topic_creation=false must not create it.
+    let c = consumer(&bs, &[("allow.auto.create.topics", "false")]);
+    for _ in 0..2 {
+        let md = c
+            .fetch_metadata(Some("never-created"), Duration::from_secs(5))
+            .expect("metadata");
+        let t = md.topics().iter().find(|t| t.name() == "never-created");
+        assert!(
+            t.is_none_or(|t| t.error().is_some()),
+            "metadata without auto-create must report the topic unknown"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, topic, 1);
+    let msgs = consume(&c, 1, CONSUME_TIMEOUT).await;
+    assert_eq!(value_of(&msgs[0]).as_deref(), Some("hello"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_to_missing_partition_fails_within_message_timeout() {
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "one-partition";
+    create_topic(&bs, topic, 1, &[]).await;
+    let p = producer(&bs, &[("message.timeout.ms", "5000")]);
+    let started = Instant::now();
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        p.send(
+            FutureRecord::<str, str>::to(topic)
+                .partition(99)
+                .payload("nowhere"),
+            Duration::from_secs(5),
+        ),
+    )
+    .await
+    .expect("produce to partition 99 hung for 20 s");
+    match res {
+        Ok(d) => panic!("produce to partition 99 succeeded: {d:?}"),
+        Err((e, _)) => eprintln!(
+            "partition 99 failed as expected after {:?}: {e}",
+            started.elapsed()
+        ),
+    }
+    // The good partition still works.
+    let d = p
+        .send(
+            FutureRecord::<str, str>::to(topic)
+                .partition(0)
+                .payload("ok"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to partition 0: {e}"));
+    assert_eq!(d.offset, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_http_health_and_metrics() {
+    let node = Node::start_default();
+    let (code, _) = node.admin_get("/health/ready").expect("ready");
+    assert_eq!(code, 200);
+    let (code, _) = node.admin_get("/health/live").expect("live");
+    assert_eq!(code, 200, "/health/live");
+    let (code, _) = node.admin_get("/no-such-path").expect("404 path");
+    assert_eq!(code, 404, "unknown admin path");
+
+    let bs = node.bootstrap();
+    let p = producer(&bs, &[]);
+    produce_all(&p, "metrics-topic", &[(None, None, "m".into())]).await;
+    let m = node.metrics();
+    assert!(m.contains("# TYPE "), "Prometheus text format:\n{m}");
+    for line in m.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let v = line.rsplit(' ').next().unwrap_or_default();
+        assert!(
+            v.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&v),
+            "unparsable sample line: {line}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Durability and shutdown
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_kill9() {
+    let mut node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "durable";
+    let parts = 3;
+    create_topic(&bs, topic, parts, &[]).await;
+
+    // Phase 1: everything acknowledged before the crash.
+    let p = producer(&bs, &[("acks", "all")]);
+    let records: Vec<_> = (0..300)
+        .map(|i| (Some(i % parts), None, format!("calm-{i}")))
+        .collect();
+    let mut acked = produce_all(&p, topic, &records).await;
+    drop(p);
+
+    // Phase 2: kill -9 while records are in flight; keep whatever was acknowledged.
+    let p = producer(
+        &bs,
+        &[
+            ("acks", "all"),
+            ("message.timeout.ms", "3000"),
+            ("linger.ms", "1"),
+        ],
+    );
+    let in_flight_acks: Arc<Mutex<Vec<Acked>>> = Arc::default();
+    let mut futures = Vec::new();
+    for i in 0..3000 {
+        let v = format!("storm-{i}");
+        let r = FutureRecord::<str, String>::to(topic)
+            .partition(i % parts)
+            .payload(&v);
+        let sent = p.send_result(r);
+        let f = match sent {
+            Ok(f) => f,
+            Err((e, _)) => panic!("enqueue: {e}"),
+        };
+        futures.push((v, f));
+    }
+    let collector = {
+        let in_flight_acks = in_flight_acks.clone();
+        tokio::spawn(async move {
+            for (v, f) in futures {
+                if let Ok(Ok(d)) = f.await {
+                    in_flight_acks.lock().expect("lock").push(Acked {
+                        partition: d.partition,
+                        offset: d.offset,
+                        key: None,
+                        value: Some(v.into_bytes()),
+                    });
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight_acks.lock().expect("lock").len() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    node.kill9();
+    drop(p); // purges what is left, so nothing is retried into the restarted node
+    collector.await.expect("collector task");
+    let storm = in_flight_acks.lock().expect("lock").clone();
+    eprintln!(
+        "{} records acknowledged in flight before kill -9",
+        storm.len()
+    );
+    acked.extend(storm);
+
+    node.restart();
+    let c = consumer(&bs, &[]);
+    let mut highs = HashMap::new();
+    let mut total = 0;
+    for part in 0..parts {
+        let (lo, hi) = watermarks(&c, topic, part);
+        assert_eq!(lo, 0, "log start of {part}");
+        highs.insert(part, hi);
+        total += hi as usize;
+    }
+    assign_all_from_beginning(&c, topic, parts);
+    let msgs = consume(&c, total, CONSUME_TIMEOUT).await;
+    let mut log: HashMap<(i32, i64), Option<String>> = HashMap::new();
+    for m in &msgs {
+        log.insert((m.partition(), m.offset()), value_of(m));
+    }
+    for part in 0..parts {
+        for off in 0..highs[&part] {
+            assert!(
+                log.contains_key(&(part, off)),
+                "{part}@{off} missing below the high watermark"
+            );
+        }
+    }
+    let mut max_acked: HashMap<i32, i64> = HashMap::new();
+    for a in &acked {
+        let got = log.get(&(a.partition, a.offset));
+        let want = a.value.clone().map(|v| String::from_utf8(v).expect("utf8"));
+        assert_eq!(
+            got,
+            Some(&want),
+            "acknowledged record {}@{} lost or changed after kill -9",
+            a.partition,
+            a.offset
+        );
+        let e = max_acked.entry(a.partition).or_insert(-1);
+        *e = (*e).max(a.offset);
+    }
+
+    // New records continue right after the recovered log.
+    let p = producer(&bs, &[("acks", "all")]);
+    for part in 0..parts {
+        let acked_next = max_acked.get(&part).map_or(0, |o| o + 1);
+        assert!(
+            highs[&part] >= acked_next,
+            "high watermark below an acked offset"
+        );
+        let d = p
+            .send(
+                FutureRecord::<str, str>::to(topic)
+                    .partition(part)
+                    .payload("after"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce after restart: {e}"));
+        assert_eq!(
+            d.offset, highs[&part],
+            "next offset of {part} after restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_idle_node_exits_zero() {
+    let mut node = Node::start_default();
+    node.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_connected_clients_exits_zero_and_keeps_data() {
+    let mut node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "graceful";
+    create_topic(&bs, topic, 1, &[]).await;
+    let p = producer(&bs, &[("acks", "all")]);
+    let records: Vec<_> = (0..50).map(|i| (Some(0), None, format!("g{i}"))).collect();
+    let acked = produce_all(&p, topic, &records).await;
+    // A consumer parked in a long poll and an idle producer stay connected across SIGTERM.
+    let c = consumer(&bs, &[("fetch.wait.max.ms", "5000")]);
+    assign(&c, topic, [(0, Offset::End)]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.terminate();
+    drop(c);
+    drop(p);
+
+    node.restart();
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, topic, 1);
+    let msgs = consume(&c, 50, CONSUME_TIMEOUT).await;
+    assert_matches_acked(topic, &acked, &msgs);
+    let p = producer(&bs, &[]);
+    let d = p
+        .send(
+            FutureRecord::<str, str>::to(topic).payload("after"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce after restart: {e}"));
+    assert_eq!(d.offset, 50);
+    node.terminate();
+}
+
+// ---------------------------------------------------------------------------
+// Raw socket: bad input never takes the node down
+// ---------------------------------------------------------------------------
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Request header v1: api key, version, correlation id, nullable client id.
+fn header_v1(api_key: i16, version: i16, correlation_id: i32) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&api_key.to_be_bytes());
+    h.extend_from_slice(&version.to_be_bytes());
+    h.extend_from_slice(&correlation_id.to_be_bytes());
+    let client = b"raw-test";
+    h.extend_from_slice(&(client.len() as i16).to_be_bytes());
+    h.extend_from_slice(client);
+    h
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect kafka port");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Closed,
+    Answered { correlation_id: i32, body: Vec<u8> },
+    Silent,
+}
+
+/// Reads what the broker does next: close the connection, answer one frame, or nothing.
+fn next_outcome(s: &mut TcpStream) -> Outcome {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Outcome::Silent
+        }
+        Err(_) => return Outcome::Closed, // EOF or reset
+    }
+    let n = i32::from_be_bytes(len);
+    assert!(
+        (4..=64 << 20).contains(&n),
+        "broker sent a frame of bogus length {n}"
+    );
+    let mut buf = vec![0u8; n as usize];
+    if s.read_exact(&mut buf).is_err() {
+        return Outcome::Closed;
+    }
+    Outcome::Answered {
+        correlation_id: i32::from_be_bytes(buf[..4].try_into().expect("4 bytes")),
+        body: buf[4..].to_vec(),
+    }
+}
+
+/// ApiVersions v0 on a fresh connection: (error code, api keys offered).
+fn api_versions(addr: SocketAddr, version: i16) -> (i16, Vec<i16>) {
+    let mut s = connect(addr);
+    s.write_all(&frame(&header_v1(18, version, 4242)))
+        .expect("send ApiVersions");
+    match next_outcome(&mut s) {
+        Outcome::Answered {
+            correlation_id,
+            body,
+        } => {
+            assert_eq!(correlation_id, 4242, "correlation id echoed");
+            let err = i16::from_be_bytes([body[0], body[1]]);
+            let n = i32::from_be_bytes(body[2..6].try_into().expect("4 bytes"));
+            // v0 entries are (key, min, max); v3+ bodies are compact and not parsed here.
+            let keys = if version == 0 || err != 0 {
+                (0..n.max(0) as usize)
+                    .filter_map(|i| body.get(6 + i * 6..8 + i * 6))
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (err, keys)
+        }
+        other => panic!("ApiVersions v{version}: expected an answer, got {other:?}"),
+    }
+}
+
+fn assert_serving(node: &mut Node) {
+    node.assert_running();
+    let (err, keys) = api_versions(node.kafka_addr(), 0);
+    assert_eq!(err, 0, "ApiVersions v0 error code");
+    for k in [0, 1, 2, 3, 18] {
+        assert!(keys.contains(&k), "ApiVersions lists key {k}: {keys:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_only_their_connection() {
+    let mut node = Node::start_default();
+    assert_serving(&mut node);
+
+    let mut produce_garbage = header_v1(0, 9, 7);
+    produce_garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef].repeat(12));
+    let mut metadata_truncated = header_v1(3, 12, 8);
+    metadata_truncated.extend_from_slice(&[0x05, 0x00]);
+    // (name, bytes, must the broker close rather than answer?)
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "huge declared length",
+            [&0x7fff_ffffi32.to_be_bytes()[..], &[1u8; 16][..]].concat(),
+            true,
+        ),
+        ("negative length", (-1i32).to_be_bytes().to_vec(), true),
+        ("zero length", 0i32.to_be_bytes().to_vec(), true),
+        ("header shorter than its fields", frame(&[0, 3, 0]), true),
+        ("unknown api key", frame(&header_v1(9999, 0, 5)), false),
+        ("produce body of garbage", frame(&produce_garbage), false),
+        ("metadata body truncated", frame(&metadata_truncated), false),
+        (
+            "client id longer than frame",
+            frame(&[0, 18, 0, 0, 0, 0, 0, 9, 0x7f, 0xff, b'x']),
+            false,
+        ),
+    ];
+    for (name, bytes, must_close) in cases {
+        let mut s = connect(node.kafka_addr());
+        s.write_all(&bytes)
+            .unwrap_or_else(|e| panic!("{name}: send: {e}"));
+        let outcome = next_outcome(&mut s);
+        match (&outcome, must_close) {
+            (Outcome::Closed, _) => {}
+            (Outcome::Answered { .. }, false) => {
+                eprintln!("{name}: broker answered instead of closing: {outcome:?}")
+            }
+            _ => panic!("{name}: expected the broker to close the connection, got {outcome:?}"),
+        }
+        assert_serving(&mut node);
+    }
+
+    // Half a frame, then the client goes away.
+    {
+        let mut s = connect(node.kafka_addr());
+        s.write_all(&100i32.to_be_bytes()).expect("send");
+        s.write_all(&[0, 18, 0]).expect("send");
+    }
+    assert_serving(&mut node);
+
+    // Many connections that send nothing, then a real client still works.
+    let idle: Vec<TcpStream> = (0..50).map(|_| connect(node.kafka_addr())).collect();
+    let bs = node.bootstrap();
+    let p = producer(&bs, &[]);
+    let acked = produce_all(&p, "after-garbage", &[(None, None, "still-alive".into())]).await;
+    let c = consumer(&bs, &[]);
+    assign_all_from_beginning(&c, "after-garbage", 1);
+    let msgs = consume(&c, 1, CONSUME_TIMEOUT).await;
+    assert_matches_acked("after-garbage", &acked, &msgs);
+    drop(idle);
+    node.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_of_an_unknown_version_answers_unsupported_version() {
+    // KIP-511: a broker answers an ApiVersions request of a version it does not know
+    // with UNSUPPORTED_VERSION (35) in the v0 format, listing its own ranges, so that a
+    // newer client can retry with a version both support.
+    let mut node = Node::start_default();
+    let (err, keys) = api_versions(node.kafka_addr(), 127);
+    assert_eq!(err, 35, "error code for ApiVersions v127");
+    assert!(keys.contains(&18), "ApiVersions range offered: {keys:?}");
+    assert_serving(&mut node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let mut node = Node::start_default();
+    let mut s = connect(node.kafka_addr());
+    let mut bytes = Vec::new();
+    for corr in 100..120 {
+        bytes.extend(frame(&header_v1(18, 0, corr)));
+    }
+    s.write_all(&bytes).expect("send pipelined ApiVersions");
+    for corr in 100..120 {
+        match next_outcome(&mut s) {
+            Outcome::Answered { correlation_id, .. } => {
+                assert_eq!(correlation_id, corr, "responses in request order")
+            }
+            other => panic!("request {corr}: {other:?}"),
+        }
+    }
+    assert_serving(&mut node);
+}
