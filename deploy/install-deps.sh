@@ -3,7 +3,7 @@
 #   deploy/install-deps.sh build   # what `make run` needs
 #   deploy/install-deps.sh test    # plus the real Kafka clients the tests drive
 set -euo pipefail
-want=(clang libclang-dev pkg-config make gcc g++ curl)
+want=(clang libclang-dev pkg-config make gcc g++ curl zlib1g-dev)
 if [ "${1:-build}" = test ]; then
   want+=(kcat python3-venv golang-go golang-github-shopify-sarama-dev golang-github-segmentio-kafka-go-dev)
 fi

@@ -75,7 +75,9 @@ enum CloseReason {
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CloseReason::TooLarge(n) => write!(f, "request of {n} bytes exceeds socket.request.max.bytes"),
+            CloseReason::TooLarge(n) => {
+                write!(f, "request of {n} bytes exceeds socket.request.max.bytes")
+            }
             CloseReason::Negative(n) => write!(f, "negative request size {n}"),
             CloseReason::Io(e) => write!(f, "io: {e}"),
             CloseReason::Truncated => write!(f, "connection closed inside a request"),
@@ -172,7 +174,8 @@ fn decode_and_dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, Cl
             // KIP-511: answer in the v0 layout so the client retries with a version we have.
             let reply = tokio::spawn(async {
                 Some(ResponseKind::ApiVersions(
-                    api::versions::api_versions_response().with_error_code(codes::UNSUPPORTED_VERSION),
+                    api::versions::api_versions_response()
+                        .with_error_code(codes::UNSUPPORTED_VERSION),
                 ))
             });
             return Ok(Pending {
@@ -218,7 +221,8 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, broker:
             continue; // acks=0
         };
         out.clear();
-        if let Err(e) = encode_response(&mut out, p.correlation_id, p.api_key, p.version, &response) {
+        if let Err(e) = encode_response(&mut out, p.correlation_id, p.api_key, p.version, &response)
+        {
             tracing::error!(api = ?p.api_key, version = p.version, error = %e, "encoding response; closing connection");
             break;
         }

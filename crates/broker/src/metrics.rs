@@ -27,7 +27,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("sluice_kafka_requests_total", "Kafka requests handled, by API."),
+            Opts::new(
+                "sluice_kafka_requests_total",
+                "Kafka requests handled, by API.",
+            ),
             &["api"],
         )
         .expect("valid metric");
@@ -52,17 +55,26 @@ impl Metrics {
         )
         .expect("valid metric");
         let bytes_in = IntCounterVec::new(
-            Opts::new("sluice_topic_bytes_in_total", "Record batch bytes appended, by topic."),
+            Opts::new(
+                "sluice_topic_bytes_in_total",
+                "Record batch bytes appended, by topic.",
+            ),
             &["topic"],
         )
         .expect("valid metric");
         let bytes_out = IntCounterVec::new(
-            Opts::new("sluice_topic_bytes_out_total", "Record batch bytes fetched, by topic."),
+            Opts::new(
+                "sluice_topic_bytes_out_total",
+                "Record batch bytes fetched, by topic.",
+            ),
             &["topic"],
         )
         .expect("valid metric");
         let records_in = IntCounterVec::new(
-            Opts::new("sluice_topic_records_in_total", "Records appended, by topic."),
+            Opts::new(
+                "sluice_topic_records_in_total",
+                "Records appended, by topic.",
+            ),
             &["topic"],
         )
         .expect("valid metric");
@@ -74,17 +86,26 @@ impl Metrics {
         )
         .expect("valid metric");
         let partition_high_watermark = IntGaugeVec::new(
-            Opts::new("sluice_partition_high_watermark", "High watermark (offset) per partition."),
+            Opts::new(
+                "sluice_partition_high_watermark",
+                "High watermark (offset) per partition.",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
         let partition_log_size = IntGaugeVec::new(
-            Opts::new("sluice_partition_log_size_bytes", "Log size on disk per partition."),
+            Opts::new(
+                "sluice_partition_log_size_bytes",
+                "Log size on disk per partition.",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
         let partition_log_start = IntGaugeVec::new(
-            Opts::new("sluice_partition_log_start_offset", "Log start offset per partition."),
+            Opts::new(
+                "sluice_partition_log_start_offset",
+                "Log start offset per partition.",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
@@ -105,7 +126,9 @@ impl Metrics {
         }
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
         Metrics {
             registry,
@@ -140,7 +163,9 @@ impl Metrics {
         let _ = self.records_in.remove_label_values(&[topic]);
         for p in 0..partitions {
             let p = p.to_string();
-            let _ = self.partition_high_watermark.remove_label_values(&[topic, &p]);
+            let _ = self
+                .partition_high_watermark
+                .remove_label_values(&[topic, &p]);
             let _ = self.partition_log_size.remove_label_values(&[topic, &p]);
             let _ = self.partition_log_start.remove_label_values(&[topic, &p]);
         }

@@ -52,8 +52,7 @@ impl ProducerIds {
         let mut st = self.state.lock();
         if st.0 >= st.1 {
             let end = st.1 + PID_BLOCK;
-            self.meta
-                .put("default", PID_KEY, &end.to_be_bytes())?;
+            self.meta.put("default", PID_KEY, &end.to_be_bytes())?;
             st.1 = end;
         }
         let id = st.0;

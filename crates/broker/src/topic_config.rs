@@ -27,17 +27,83 @@ pub struct ConfigDef {
 
 /// Every topic config Sluice implements. DescribeConfigs returns all of them.
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
-    ConfigDef { name: "cleanup.policy", broker_name: "log.cleanup.policy", kind: ConfigType::List, doc: "Retention policy for old log segments: delete (compaction is not implemented yet).", read_only: false },
-    ConfigDef { name: "compression.type", broker_name: "compression.type", kind: ConfigType::String, doc: "Batches are stored as the producer compressed them (only 'producer' is supported).", read_only: false },
-    ConfigDef { name: "max.message.bytes", broker_name: "message.max.bytes", kind: ConfigType::Int, doc: "The largest record batch size allowed.", read_only: false },
-    ConfigDef { name: "message.timestamp.type", broker_name: "log.message.timestamp.type", kind: ConfigType::String, doc: "CreateTime or LogAppendTime.", read_only: false },
-    ConfigDef { name: "min.insync.replicas", broker_name: "min.insync.replicas", kind: ConfigType::Int, doc: "Minimum replicas that must acknowledge an acks=all write.", read_only: false },
-    ConfigDef { name: "retention.bytes", broker_name: "log.retention.bytes", kind: ConfigType::Long, doc: "Maximum partition size before old segments are deleted (-1: no limit).", read_only: false },
-    ConfigDef { name: "retention.ms", broker_name: "log.retention.ms", kind: ConfigType::Long, doc: "Maximum age of a segment's newest record before it is deleted (-1: forever).", read_only: false },
-    ConfigDef { name: "segment.bytes", broker_name: "log.segment.bytes", kind: ConfigType::Int, doc: "Segment file size at which the log rolls.", read_only: false },
-    ConfigDef { name: "segment.ms", broker_name: "log.roll.ms", kind: ConfigType::Long, doc: "Segment age at which the log rolls.", read_only: false },
-    ConfigDef { name: "index.interval.bytes", broker_name: "log.index.interval.bytes", kind: ConfigType::Int, doc: "Bytes between offset index entries.", read_only: false },
-    ConfigDef { name: "unclean.leader.election.enable", broker_name: "unclean.leader.election.enable", kind: ConfigType::Boolean, doc: "Always false: Raft never elects a replica missing committed data.", read_only: true },
+    ConfigDef {
+        name: "cleanup.policy",
+        broker_name: "log.cleanup.policy",
+        kind: ConfigType::List,
+        doc: "Retention policy for old log segments: delete (compaction is not implemented yet).",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "compression.type",
+        broker_name: "compression.type",
+        kind: ConfigType::String,
+        doc: "Batches are stored as the producer compressed them (only 'producer' is supported).",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "max.message.bytes",
+        broker_name: "message.max.bytes",
+        kind: ConfigType::Int,
+        doc: "The largest record batch size allowed.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "message.timestamp.type",
+        broker_name: "log.message.timestamp.type",
+        kind: ConfigType::String,
+        doc: "CreateTime or LogAppendTime.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "min.insync.replicas",
+        broker_name: "min.insync.replicas",
+        kind: ConfigType::Int,
+        doc: "Minimum replicas that must acknowledge an acks=all write.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "retention.bytes",
+        broker_name: "log.retention.bytes",
+        kind: ConfigType::Long,
+        doc: "Maximum partition size before old segments are deleted (-1: no limit).",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "retention.ms",
+        broker_name: "log.retention.ms",
+        kind: ConfigType::Long,
+        doc: "Maximum age of a segment's newest record before it is deleted (-1: forever).",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "segment.bytes",
+        broker_name: "log.segment.bytes",
+        kind: ConfigType::Int,
+        doc: "Segment file size at which the log rolls.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "segment.ms",
+        broker_name: "log.roll.ms",
+        kind: ConfigType::Long,
+        doc: "Segment age at which the log rolls.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "index.interval.bytes",
+        broker_name: "log.index.interval.bytes",
+        kind: ConfigType::Int,
+        doc: "Bytes between offset index entries.",
+        read_only: false,
+    },
+    ConfigDef {
+        name: "unclean.leader.election.enable",
+        broker_name: "unclean.leader.election.enable",
+        kind: ConfigType::Boolean,
+        doc: "Always false: Raft never elects a replica missing committed data.",
+        read_only: true,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static ConfigDef> {
@@ -89,7 +155,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), ConfigError> {
     let long = |min: i64| -> Result<(), ConfigError> {
         match value.trim().parse::<i64>() {
             Ok(v) if v >= min => Ok(()),
-            _ => Err(invalid(format!("'{name}' must be an integer >= {min}, got '{value}'"))),
+            _ => Err(invalid(format!(
+                "'{name}' must be an integer >= {min}, got '{value}'"
+            ))),
         }
     };
     match name {
@@ -126,7 +194,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), ConfigError> {
 fn int32(name: &str, value: &str) -> Result<(), ConfigError> {
     match value.trim().parse::<i32>() {
         Ok(_) => Ok(()),
-        Err(_) => Err(invalid(format!("'{name}' must fit in a 32-bit integer, got '{value}'"))),
+        Err(_) => Err(invalid(format!(
+            "'{name}' must fit in a 32-bit integer, got '{value}'"
+        ))),
     }
 }
 
@@ -157,7 +227,9 @@ impl ResolvedConfig {
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             retention_ms: Some(long("retention.ms")).filter(|v| *v >= 0),
             retention_bytes: u64::try_from(long("retention.bytes")).ok(),
-            segment_bytes: u64::try_from(long("segment.bytes")).unwrap_or(1 << 30).max(14),
+            segment_bytes: u64::try_from(long("segment.bytes"))
+                .unwrap_or(1 << 30)
+                .max(14),
             segment_ms: u64::try_from(long("segment.ms")).unwrap_or(u64::MAX).max(1),
             index_interval_bytes: u32::try_from(long("index.interval.bytes")).unwrap_or(4096),
             min_insync_replicas: long("min.insync.replicas").clamp(1, i64::from(i32::MAX)) as i32,

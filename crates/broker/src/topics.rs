@@ -71,7 +71,9 @@ pub struct Topic {
 
 impl Topic {
     pub fn partition(&self, index: i32) -> Option<&Arc<PartitionState>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
     }
 }
 
@@ -92,7 +94,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
         return bad(format!("topic name cannot be '{name}'"));
     }
     if name.len() > 249 {
-        return bad(format!("topic name is {} characters long, the limit is 249", name.len()));
+        return bad(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -285,9 +290,12 @@ impl TopicManager {
         for p in &topic.partitions {
             p.replica.close().await;
             let dir = partition_dir(&self.log_dir, name, p.index);
-            let gone = self
-                .log_dir
-                .join(format!("{}-{}.{}.deleted", name, p.index, Uuid::new_v4().simple()));
+            let gone = self.log_dir.join(format!(
+                "{}-{}.{}.deleted",
+                name,
+                p.index,
+                Uuid::new_v4().simple()
+            ));
             if let Err(e) = std::fs::rename(&dir, &gone) {
                 tracing::warn!(error = %e, dir = %dir.display(), "renaming deleted partition");
                 continue;
@@ -316,7 +324,9 @@ impl TopicManager {
         if count <= have {
             return Err(ApiError::new(
                 codes::INVALID_PARTITIONS,
-                format!("topic '{name}' has {have} partitions; the new count {count} must be larger"),
+                format!(
+                    "topic '{name}' has {have} partitions; the new count {count} must be larger"
+                ),
             ));
         }
         if count > 100_000 {
@@ -420,8 +430,12 @@ impl TopicManager {
                     topic.config.retention_bytes,
                 ) {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(topic = %topic.name, partition = p.index, segments = n, "retention deleted segments"),
-                    Err(e) => tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "retention failed"),
+                    Ok(n) => {
+                        tracing::info!(topic = %topic.name, partition = p.index, segments = n, "retention deleted segments")
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "retention failed")
+                    }
                 }
                 let labels = [topic.name.as_str(), &p.index.to_string()];
                 self.metrics

@@ -2,7 +2,7 @@
 //! body decoding (never panics, whatever the bytes), and the validation of record batches a
 //! client produces. Pure functions: no I/O, no broker state, no RocksDB.
 
+pub mod alloc;
 pub mod codes;
 pub mod request;
 pub mod validate;
-pub mod alloc;

@@ -23,7 +23,9 @@ pub enum FrameError {
     UnknownApi(i16),
     UnsupportedVersion(ApiKey, i16),
     /// ApiVersions newer than supported: answer UNSUPPORTED_VERSION in the v0 layout (KIP-511).
-    NewerApiVersions { correlation_id: i32 },
+    NewerApiVersions {
+        correlation_id: i32,
+    },
 }
 
 impl std::fmt::Display for FrameError {
@@ -43,7 +45,10 @@ pub fn parse_prefix(
     supported: impl Fn(ApiKey) -> Option<(i16, i16)>,
 ) -> Result<Prefix, FrameError> {
     if frame.len() < 8 {
-        return Err(FrameError::Malformed(format!("{}-byte request header", frame.len())));
+        return Err(FrameError::Malformed(format!(
+            "{}-byte request header",
+            frame.len()
+        )));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -76,7 +81,9 @@ pub fn decode(prefix: &Prefix, frame: Bytes) -> Result<(RequestHeader, RequestKi
     }));
     match decoded {
         Ok(Ok(x)) => Ok(x),
-        Ok(Err(e)) => Err(FrameError::Malformed(format!("{api_key:?} v{version}: {e}"))),
+        Ok(Err(e)) => Err(FrameError::Malformed(format!(
+            "{api_key:?} v{version}: {e}"
+        ))),
         Err(_) => Err(FrameError::Malformed(format!(
             "{api_key:?} v{version}: decoder panicked"
         ))),

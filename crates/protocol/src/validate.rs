@@ -28,7 +28,10 @@ pub fn produce_batches(
     log_append_time: Option<i64>,
 ) -> Result<Validated, Refusal> {
     if records.is_empty() {
-        return Err((codes::INVALID_RECORD, "produce request without records".into()));
+        return Err((
+            codes::INVALID_RECORD,
+            "produce request without records".into(),
+        ));
     }
     let mut out = Validated {
         batches: Vec::with_capacity(1),
@@ -39,7 +42,10 @@ pub fn produce_batches(
     while pos < records.len() {
         let rest = &records[pos..];
         if rest.len() < 17 {
-            return Err((codes::CORRUPT_MESSAGE, format!("truncated batch header at byte {pos}")));
+            return Err((
+                codes::CORRUPT_MESSAGE,
+                format!("truncated batch header at byte {pos}"),
+            ));
         }
         let length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
         let magic = rest[16] as i8;
@@ -50,19 +56,27 @@ pub fn produce_batches(
             ));
         }
         if length < (batch::HEADER_SIZE - batch::LOG_OVERHEAD) as i32 {
-            return Err((codes::CORRUPT_MESSAGE, format!("batch length {length} is too small")));
+            return Err((
+                codes::CORRUPT_MESSAGE,
+                format!("batch length {length} is too small"),
+            ));
         }
         let size = length as usize + batch::LOG_OVERHEAD;
         if size > max_message_bytes.max(0) as usize {
             return Err((
                 codes::MESSAGE_TOO_LARGE,
-                format!("batch of {size} bytes is larger than max.message.bytes ({max_message_bytes})"),
+                format!(
+                    "batch of {size} bytes is larger than max.message.bytes ({max_message_bytes})"
+                ),
             ));
         }
         if size > rest.len() {
             return Err((
                 codes::CORRUPT_MESSAGE,
-                format!("batch of {size} bytes but only {} bytes left in the request", rest.len()),
+                format!(
+                    "batch of {size} bytes but only {} bytes left in the request",
+                    rest.len()
+                ),
             ));
         }
         let raw = &rest[..size];
@@ -83,7 +97,10 @@ pub fn produce_batches(
             ));
         }
         if header.is_control() {
-            return Err((codes::INVALID_RECORD, "clients may not produce control batches".into()));
+            return Err((
+                codes::INVALID_RECORD,
+                "clients may not produce control batches".into(),
+            ));
         }
         if header.is_transactional() {
             return Err((

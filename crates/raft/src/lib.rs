@@ -16,6 +16,7 @@ mod partition;
 
 pub use error::{Error, Result};
 pub use partition::{
-    Admit, BatchFilter, FsyncPolicy, Partition, PartitionOptions, ProposeOutcome, ReadResult,
+    Admit, AdmitAll, BatchFilter, FsyncPolicy, Partition, PartitionOptions, ProposeOutcome,
+    ReadResult,
 };
 pub use storage::LogConfig;

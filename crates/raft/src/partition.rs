@@ -111,7 +111,11 @@ pub struct Partition {
 impl Partition {
     /// Opens (recovering if needed) the partition stored in `dir` and starts its writer task.
     /// Blocking I/O: call it from a blocking context or at start-up. Needs a tokio runtime.
-    pub fn open(dir: &Path, options: PartitionOptions, filter: Box<dyn BatchFilter>) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        options: PartitionOptions,
+        filter: Box<dyn BatchFilter>,
+    ) -> Result<Self> {
         let fsync = options.log.fsync.clone();
         let log = PartitionLog::open(dir, options.log)?;
         let mut filter = filter;
@@ -205,6 +209,11 @@ impl Partition {
         i32::try_from(self.inner.term).unwrap_or(i32::MAX)
     }
 
+    /// Applies new segment settings (topic config change) from the next append on.
+    pub fn set_log_config(&self, config: LogConfig) {
+        self.inner.log.set_config(config);
+    }
+
     /// Bytes on disk.
     pub fn size_bytes(&self) -> u64 {
         self.inner.log.size_bytes()
@@ -272,7 +281,9 @@ fn replay_filter(log: &PartitionLog, filter: &mut dyn BatchFilter) -> Result<()>
     if last == 0 {
         return Ok(());
     }
-    let mut from = log.first_index().max(last.saturating_sub(FILTER_REPLAY_ENTRIES) + 1);
+    let mut from = log
+        .first_index()
+        .max(last.saturating_sub(FILTER_REPLAY_ENTRIES) + 1);
     while from <= last {
         let entries = log.entries(from, last + 1, 8 << 20)?;
         let Some(tail) = entries.last() else { break };

@@ -10,7 +10,11 @@ use axum::Router;
 use broker::Broker;
 use tokio_util::sync::CancellationToken;
 
-pub async fn serve(listener: tokio::net::TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
@@ -34,7 +38,10 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         broker.metrics.render(),
     )
 }

@@ -85,7 +85,11 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_LOG_INDEX_INTERVAL_BYTES", value_name = "BYTES")]
     pub log_index_interval_bytes: Option<i32>,
     /// How often retention runs [log.retention.check.interval.ms] (default 300000).
-    #[arg(long, env = "SLUICE_LOG_RETENTION_CHECK_INTERVAL_MS", value_name = "MS")]
+    #[arg(
+        long,
+        env = "SLUICE_LOG_RETENTION_CHECK_INTERVAL_MS",
+        value_name = "MS"
+    )]
     pub log_retention_check_interval_ms: Option<u64>,
     /// Log filter, as RUST_LOG [log.level] (default info).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
@@ -304,7 +308,11 @@ impl Cli {
                 "message.max.bytes",
                 d.message_max_bytes
             ),
-            log_retention_ms: pick!(self.log_retention_ms, "log.retention.ms", d.log_retention_ms),
+            log_retention_ms: pick!(
+                self.log_retention_ms,
+                "log.retention.ms",
+                d.log_retention_ms
+            ),
             log_retention_bytes: pick!(
                 self.log_retention_bytes,
                 "log.retention.bytes",

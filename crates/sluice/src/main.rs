@@ -65,9 +65,17 @@ async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the Kafka listener on {}", cfg.kafka_addr))?;
 
-    let admin_task = tokio::spawn(admin::serve(admin_listener, broker.clone(), shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        broker.clone(),
+        shutdown.clone(),
+    ));
     let retention_task = tokio::spawn(retention_loop(broker.clone(), shutdown.clone()));
-    let kafka_task = tokio::spawn(broker::serve(kafka_listener, broker.clone(), shutdown.clone()));
+    let kafka_task = tokio::spawn(broker::serve(
+        kafka_listener,
+        broker.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!("sluice is ready");
 
     wait_for_signal().await;

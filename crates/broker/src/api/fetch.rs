@@ -19,7 +19,11 @@ use codes::{FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH};
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
 pub fn fetch(broker: Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
-    Box::pin(async move { Some(ResponseKind::Fetch(fetch_inner(&broker, req, version).await)) })
+    Box::pin(async move {
+        Some(ResponseKind::Fetch(
+            fetch_inner(&broker, req, version).await,
+        ))
+    })
 }
 
 enum Target {
@@ -37,7 +41,11 @@ async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchR
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = i64::from(req.min_bytes.max(0));
-    let max_bytes = if req.max_bytes <= 0 { i64::from(i32::MAX) } else { i64::from(req.max_bytes) };
+    let max_bytes = if req.max_bytes <= 0 {
+        i64::from(i32::MAX)
+    } else {
+        i64::from(req.max_bytes)
+    };
     // Resolve every requested partition once.
     let mut targets: Vec<(FetchableTopicResponse, Vec<(i32, Target)>)> = Vec::new();
     for t in &req.topics {
@@ -46,8 +54,14 @@ async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchR
         } else {
             broker.topics.get(t.topic.0.as_str())
         };
-        let missing = if version >= 13 { codes::UNKNOWN_TOPIC_ID } else { codes::UNKNOWN_TOPIC_OR_PARTITION };
-        let head = FetchableTopicResponse::default().with_topic(t.topic.clone()).with_topic_id(t.topic_id);
+        let missing = if version >= 13 {
+            codes::UNKNOWN_TOPIC_ID
+        } else {
+            codes::UNKNOWN_TOPIC_OR_PARTITION
+        };
+        let head = FetchableTopicResponse::default()
+            .with_topic(t.topic.clone())
+            .with_topic_id(t.topic_id);
         let parts = t
             .partitions
             .iter()
@@ -110,12 +124,22 @@ fn read_all(
                     broker.count_error(ApiKey::Fetch, *code);
                     error_partition(*index, *code)
                 }
-                Target::Ok { topic, partition, offset, max_bytes: pmax, epoch } => {
+                Target::Ok {
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes: pmax,
+                    epoch,
+                } => {
                     let replica = &partition.replica;
                     let leader_epoch = replica.leader_epoch();
                     if *epoch >= 0 && *epoch != leader_epoch {
                         errors = true;
-                        let code = if *epoch < leader_epoch { FENCED_LEADER_EPOCH } else { UNKNOWN_LEADER_EPOCH };
+                        let code = if *epoch < leader_epoch {
+                            FENCED_LEADER_EPOCH
+                        } else {
+                            UNKNOWN_LEADER_EPOCH
+                        };
                         broker.count_error(ApiKey::Fetch, code);
                         out.push(error_partition(*index, code));
                         continue;
@@ -155,7 +179,9 @@ fn read_all(
         responses.push(head.clone().with_partitions(out));
     }
     // Session id 0: no incremental fetch session (KIP-227 lets a broker decline one).
-    let response = FetchResponse::default().with_session_id(0).with_responses(responses);
+    let response = FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses);
     (response, total, errors)
 }
 

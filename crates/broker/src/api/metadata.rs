@@ -21,15 +21,21 @@ use crate::Broker;
 const OPS_OMITTED: i32 = i32::MIN;
 /// Without ACLs every operation is allowed: READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE,
 /// DESCRIBE_CONFIGS, ALTER_CONFIGS (Kafka's AclOperation codes as bits).
-const TOPIC_OPS_ALL: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
-const CLUSTER_OPS_ALL: i32 = (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
+const TOPIC_OPS_ALL: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+const CLUSTER_OPS_ALL: i32 =
+    (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 fn str(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
 pub fn metadata(broker: Arc<Broker>, req: MetadataRequest, version: i16) -> Reply {
-    Box::pin(async move { Some(ResponseKind::Metadata(metadata_inner(&broker, req, version).await)) })
+    Box::pin(async move {
+        Some(ResponseKind::Metadata(
+            metadata_inner(&broker, req, version).await,
+        ))
+    })
 }
 
 async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
@@ -38,8 +44,13 @@ async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> 
         None => true,
         Some(t) => t.is_empty() && version == 0,
     };
-    let auto_create = broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-    let topic_ops = if req.include_topic_authorized_operations { TOPIC_OPS_ALL } else { OPS_OMITTED };
+    let auto_create =
+        broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let topic_ops = if req.include_topic_authorized_operations {
+        TOPIC_OPS_ALL
+    } else {
+        OPS_OMITTED
+    };
     let mut topics = Vec::new();
     if all {
         for t in broker.topics.all() {

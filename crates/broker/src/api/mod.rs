@@ -77,9 +77,9 @@ fn ready(r: ResponseKind) -> Reply {
 pub fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, request: RequestKind) -> Reply {
     let v = header.request_api_version;
     match request {
-        RequestKind::ApiVersions(_) => ready(ResponseKind::ApiVersions(
-            versions::api_versions_response(),
-        )),
+        RequestKind::ApiVersions(_) => {
+            ready(ResponseKind::ApiVersions(versions::api_versions_response()))
+        }
         RequestKind::Metadata(r) => metadata::metadata(broker.clone(), r, v),
         RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, r),
@@ -89,9 +89,9 @@ pub fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, request: RequestKi
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(offsets::list_offsets(
             broker, r, v,
         ))),
-        RequestKind::DeleteRecords(r) => {
-            ready(ResponseKind::DeleteRecords(offsets::delete_records(broker, r)))
-        }
+        RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(
+            offsets::delete_records(broker, r),
+        )),
         RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(
             producer_id::init_producer_id(broker, r),
         )),

@@ -31,7 +31,7 @@ fn find_record(batch: Bytes, pick: impl Fn(i64) -> bool) -> Option<(i64, i64)> {
         .map(|r| (r.offset, r.timestamp))
 }
 
-pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = broker.topics.get(t.name.0.as_str());
@@ -48,14 +48,19 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, _version: i16) -> 
                 continue;
             };
             let replica = &part.replica;
-            let epoch = replica.leader_epoch();
+            // The leader epoch field exists from v4; older versions must leave it at -1.
+            let epoch = if version >= 4 {
+                replica.leader_epoch()
+            } else {
+                -1
+            };
             let found: Result<Option<(i64, i64)>, raft::Error> = match p.timestamp {
                 LATEST => Ok(Some((replica.high_watermark(), -1))),
                 EARLIEST | EARLIEST_LOCAL => Ok(Some((replica.log_start_offset(), -1))),
                 LATEST_TIERED => Ok(None),
-                MAX_TIMESTAMP => replica.max_timestamp().map(|m| {
-                    m.and_then(|(ts, batch)| find_record(batch, |r| r == ts))
-                }),
+                MAX_TIMESTAMP => replica
+                    .max_timestamp()
+                    .map(|m| m.and_then(|(ts, batch)| find_record(batch, |r| r == ts))),
                 ts if ts >= 0 => replica
                     .find_by_timestamp(ts)
                     .map(|b| b.and_then(|batch| find_record(batch, |r| r >= ts))),
@@ -66,7 +71,10 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, _version: i16) -> 
                 }
             };
             partitions.push(match found {
-                Ok(Some((offset, ts))) => base.with_offset(offset).with_timestamp(ts).with_leader_epoch(epoch),
+                Ok(Some((offset, ts))) => base
+                    .with_offset(offset)
+                    .with_timestamp(ts)
+                    .with_leader_epoch(epoch),
                 Ok(None) => base.with_leader_epoch(epoch),
                 Err(e) => {
                     tracing::warn!(error = %e, "list offsets read failed");
@@ -75,7 +83,11 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, _version: i16) -> 
                 }
             });
         }
-        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     ListOffsetsResponse::default().with_topics(topics)
 }
@@ -107,7 +119,11 @@ pub fn delete_records(broker: &Broker, req: DeleteRecordsRequest) -> DeleteRecor
                 }
             });
         }
-        topics.push(DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions));
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }

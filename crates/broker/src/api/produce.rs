@@ -50,24 +50,40 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                 Box::pin(std::future::ready(failed(index, code, msg)))
             };
             if !matches!(acks, -1..=1) {
-                parts.push(answer(codes::INVALID_REQUIRED_ACKS, format!("acks={acks} is not -1, 0 or 1")));
+                parts.push(answer(
+                    codes::INVALID_REQUIRED_ACKS,
+                    format!("acks={acks} is not -1, 0 or 1"),
+                ));
                 continue;
             }
             if req.transactional_id.is_some() {
-                parts.push(answer(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported yet".into()));
+                parts.push(answer(
+                    codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "transactions are not supported yet".into(),
+                ));
                 continue;
             }
             let Some(topic) = &topic else {
-                parts.push(answer(codes::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown topic '{name}'")));
+                parts.push(answer(
+                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic '{name}'"),
+                ));
                 continue;
             };
             let Some(partition) = topic.partition(index) else {
-                parts.push(answer(codes::UNKNOWN_TOPIC_OR_PARTITION, format!("topic '{name}' has no partition {index}")));
+                parts.push(answer(
+                    codes::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic '{name}' has no partition {index}"),
+                ));
                 continue;
             };
             let records = pd.records.unwrap_or_default();
             let append_time = topic.config.log_append_time.then_some(now);
-            let v = match protocol::validate::produce_batches(&records, topic.config.max_message_bytes, append_time) {
+            let v = match protocol::validate::produce_batches(
+                &records,
+                topic.config.max_message_bytes,
+                append_time,
+            ) {
                 Ok(v) => v,
                 Err((code, msg)) => {
                     parts.push(answer(code, msg));
@@ -80,17 +96,38 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
             let broker = broker.clone();
             let (records, bytes, append_time) = (v.records, v.bytes, append_time.unwrap_or(-1));
             parts.push(Box::pin(async move {
-                let outcome = match tokio::time::timeout(timeout.max(Duration::from_millis(1)), proposed).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        broker.count_error(ApiKey::Produce, codes::REQUEST_TIMED_OUT);
-                        return failed(index, codes::REQUEST_TIMED_OUT, "commit did not finish within timeout_ms");
-                    }
-                };
-                answer_partition(&broker, index, outcome, &replica, &metrics, records, bytes, append_time)
+                let outcome =
+                    match tokio::time::timeout(timeout.max(Duration::from_millis(1)), proposed)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            broker.count_error(ApiKey::Produce, codes::REQUEST_TIMED_OUT);
+                            return failed(
+                                index,
+                                codes::REQUEST_TIMED_OUT,
+                                "commit did not finish within timeout_ms",
+                            );
+                        }
+                    };
+                answer_partition(
+                    &broker,
+                    index,
+                    outcome,
+                    &replica,
+                    &metrics,
+                    records,
+                    bytes,
+                    append_time,
+                )
             }));
         }
-        topics.push((TopicProduceResponse::default().with_name(td.name).with_topic_id(td.topic_id), parts));
+        topics.push((
+            TopicProduceResponse::default()
+                .with_name(td.name)
+                .with_topic_id(td.topic_id),
+            parts,
+        ));
     }
     if acks == 0 {
         // Nothing is answered; the batches are already queued on their partitions.
@@ -110,7 +147,9 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
             }
             responses.push(topic.with_partition_responses(partition_responses));
         }
-        Some(ResponseKind::Produce(ProduceResponse::default().with_responses(responses)))
+        Some(ResponseKind::Produce(
+            ProduceResponse::default().with_responses(responses),
+        ))
     })
 }
 
@@ -144,7 +183,11 @@ fn answer_partition(
                 base.get_or_insert(base_offset);
             }
             ProposeOutcome::Rejected(code) => {
-                let code = if code < 0 { codes::CORRUPT_MESSAGE } else { code };
+                let code = if code < 0 {
+                    codes::CORRUPT_MESSAGE
+                } else {
+                    code
+                };
                 broker.count_error(ApiKey::Produce, code);
                 return failed(index, code, rejection_message(code));
             }
@@ -166,8 +209,9 @@ fn rejection_message(code: i16) -> &'static str {
     match code {
         OUT_OF_ORDER_SEQUENCE_NUMBER => "out of order sequence number",
         INVALID_PRODUCER_EPOCH => "producer epoch is older than the current one",
-        UNKNOWN_PRODUCER_ID => "no state for this producer id; its first batch must have sequence 0",
+        UNKNOWN_PRODUCER_ID => {
+            "no state for this producer id; its first batch must have sequence 0"
+        }
         _ => "batch refused",
     }
 }
-

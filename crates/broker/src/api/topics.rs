@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
     ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
@@ -25,13 +27,19 @@ fn msg(s: String) -> Option<StrBytes> {
 }
 
 /// The config list CreateTopics v5+ returns for a topic.
-fn created_configs(broker: &Broker, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
+fn created_configs(
+    broker: &Broker,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<CreatableTopicConfigs> {
     TOPIC_CONFIGS
         .iter()
         .map(|d| {
             let (value, source) = match overrides.get(d.name) {
                 Some(v) => (v.clone(), DYNAMIC_TOPIC_CONFIG),
-                None => (topic_config::default_value(d.name, &broker.config), DEFAULT_CONFIG),
+                None => (
+                    topic_config::default_value(d.name, &broker.config),
+                    DEFAULT_CONFIG,
+                ),
             };
             CreatableTopicConfigs::default()
                 .with_name(StrBytes::from_static_str(d.name))
@@ -48,7 +56,9 @@ pub fn create_topics(broker: Arc<Broker>, req: CreateTopicsRequest, version: i16
         let duplicates: HashSet<String> = req
             .topics
             .iter()
-            .filter_map(|t| (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string()))
+            .filter_map(|t| {
+                (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string())
+            })
             .collect();
         let mut results = Vec::with_capacity(req.topics.len());
         for t in req.topics {
@@ -101,7 +111,10 @@ pub fn create_topics(broker: Arc<Broker>, req: CreateTopicsRequest, version: i16
             .await;
             results.push(match outcome {
                 Ok((partitions, rf, id, configs)) => {
-                    let r = result.with_num_partitions(partitions).with_replication_factor(rf).with_topic_id(id);
+                    let r = result
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(rf)
+                        .with_topic_id(id);
                     if version >= 5 {
                         r.with_configs(Some(created_configs(&broker, &configs)))
                     } else {
@@ -110,11 +123,15 @@ pub fn create_topics(broker: Arc<Broker>, req: CreateTopicsRequest, version: i16
                 }
                 Err(e) => {
                     broker.count_error(ApiKey::CreateTopics, e.code);
-                    result.with_error_code(e.code).with_error_message(msg(e.message))
+                    result
+                        .with_error_code(e.code)
+                        .with_error_message(msg(e.message))
                 }
             });
         }
-        Some(ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results)))
+        Some(ResponseKind::CreateTopics(
+            CreateTopicsResponse::default().with_topics(results),
+        ))
     })
 }
 
@@ -124,10 +141,18 @@ pub fn delete_topics(broker: Arc<Broker>, req: DeleteTopicsRequest, version: i16
         let wanted: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
             req.topics
                 .iter()
-                .map(|t| (t.name.as_ref().map(|n| n.0.as_str().to_string()), t.topic_id))
+                .map(|t| {
+                    (
+                        t.name.as_ref().map(|n| n.0.as_str().to_string()),
+                        t.topic_id,
+                    )
+                })
                 .collect()
         } else {
-            req.topic_names.iter().map(|n| (Some(n.0.as_str().to_string()), uuid::Uuid::nil())).collect()
+            req.topic_names
+                .iter()
+                .map(|n| (Some(n.0.as_str().to_string()), uuid::Uuid::nil()))
+                .collect()
         };
         let mut results = Vec::with_capacity(wanted.len());
         for (name, id) in wanted {
@@ -139,9 +164,16 @@ pub fn delete_topics(broker: Arc<Broker>, req: DeleteTopicsRequest, version: i16
                 .with_name(name.clone().map(|n| TopicName(StrBytes::from_string(n))))
                 .with_topic_id(id);
             let Some(topic) = topic else {
-                let code = if name.is_some() { codes::UNKNOWN_TOPIC_OR_PARTITION } else { codes::UNKNOWN_TOPIC_ID };
+                let code = if name.is_some() {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    codes::UNKNOWN_TOPIC_ID
+                };
                 broker.count_error(ApiKey::DeleteTopics, code);
-                results.push(base.with_error_code(code).with_error_message(msg("topic does not exist".into())));
+                results.push(
+                    base.with_error_code(code)
+                        .with_error_message(msg("topic does not exist".into())),
+                );
                 continue;
             };
             let base = base
@@ -151,11 +183,14 @@ pub fn delete_topics(broker: Arc<Broker>, req: DeleteTopicsRequest, version: i16
                 Ok(()) => base,
                 Err(e) => {
                     broker.count_error(ApiKey::DeleteTopics, e.code);
-                    base.with_error_code(e.code).with_error_message(msg(e.message))
+                    base.with_error_code(e.code)
+                        .with_error_message(msg(e.message))
                 }
             });
         }
-        Some(ResponseKind::DeleteTopics(DeleteTopicsResponse::default().with_responses(results)))
+        Some(ResponseKind::DeleteTopics(
+            DeleteTopicsResponse::default().with_responses(results),
+        ))
     })
 }
 
@@ -165,21 +200,33 @@ pub fn create_partitions(broker: Arc<Broker>, req: CreatePartitionsRequest) -> R
         let duplicates: HashSet<String> = req
             .topics
             .iter()
-            .filter_map(|t| (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string()))
+            .filter_map(|t| {
+                (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string())
+            })
             .collect();
         let mut results = Vec::with_capacity(req.topics.len());
         for t in req.topics {
             let name = t.name.0.as_str().to_string();
             let outcome: Result<(), ApiError> = async {
                 if duplicates.contains(&name) {
-                    return Err(ApiError::new(codes::INVALID_REQUEST, format!("topic '{name}' appears more than once in the request")));
+                    return Err(ApiError::new(
+                        codes::INVALID_REQUEST,
+                        format!("topic '{name}' appears more than once in the request"),
+                    ));
                 }
                 let topic = broker.topics.check_partitions(&name, t.count)?;
                 if let Some(assignments) = &t.assignments {
                     let added = (t.count as usize).saturating_sub(topic.partitions.len());
                     let me = broker.config.node_id;
-                    if assignments.len() != added || assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me) {
-                        return Err(ApiError::new(crate::topics::codes::INVALID_REPLICA_ASSIGNMENT, format!("one assignment per new partition, each on broker {me}")));
+                    if assignments.len() != added
+                        || assignments
+                            .iter()
+                            .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me)
+                    {
+                        return Err(ApiError::new(
+                            crate::topics::codes::INVALID_REPLICA_ASSIGNMENT,
+                            format!("one assignment per new partition, each on broker {me}"),
+                        ));
                     }
                 }
                 if !req.validate_only {
@@ -193,10 +240,13 @@ pub fn create_partitions(broker: Arc<Broker>, req: CreatePartitionsRequest) -> R
                 Ok(()) => base,
                 Err(e) => {
                     broker.count_error(ApiKey::CreatePartitions, e.code);
-                    base.with_error_code(e.code).with_error_message(msg(e.message))
+                    base.with_error_code(e.code)
+                        .with_error_message(msg(e.message))
                 }
             });
         }
-        Some(ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(results)))
+        Some(ResponseKind::CreatePartitions(
+            CreatePartitionsResponse::default().with_results(results),
+        ))
     })
 }

@@ -229,7 +229,7 @@ impl Inner {
 /// `sync()` fsyncs without either, so reads and appends never wait for a group commit.
 pub struct PartitionLog {
     dir: PathBuf,
-    config: LogConfig,
+    config: RwLock<LogConfig>,
     inner: RwLock<Inner>,
     /// Serializes sync() calls.
     sync_lock: Mutex<()>,
@@ -261,7 +261,7 @@ impl PartitionLog {
         fs::create_dir_all(dir)?;
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            config,
+            config: RwLock::new(config),
             inner: RwLock::new(Inner {
                 segments: Vec::new(),
                 log_start: 0,
@@ -323,7 +323,7 @@ impl PartitionLog {
         };
 
         let now = now_ms();
-        let interval = self.config.index_interval_bytes as u64;
+        let interval = self.config.read().index_interval_bytes as u64;
         let mut segments: Vec<Segment> = Vec::new();
         let n = bases.len();
         let mut i = 0;
@@ -482,8 +482,17 @@ impl PartitionLog {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> LogConfig {
+        self.config.read().clone()
+    }
+
+    /// Changes segment rolling and index density from the next append on (topic config
+    /// changes take effect without a restart). The fsync policy is the caller's.
+    pub fn set_config(&self, config: LogConfig) {
+        let mut config = config;
+        config.segment_bytes = config.segment_bytes.clamp(1, MAX_SEGMENT_BYTES);
+        config.index_interval_bytes = config.index_interval_bytes.max(1);
+        *self.config.write() = config;
     }
 
     // ---- writes ----
@@ -560,11 +569,12 @@ impl PartitionLog {
                     .is_some_and(|f| e.index - f >= u32::MAX as u64);
             let too_old = self
                 .config
+                .read()
                 .segment_ms
                 .is_some_and(|ms| now - active.created_ms >= ms as i64);
             if size > 0
                 && has_batch
-                && (size + frame_len > self.config.segment_bytes || too_old || rel_overflow)
+                && (size + frame_len > self.config.read().segment_bytes || too_old || rel_overflow)
             {
                 self.flush(&mut inner, &mut buf, &mut pending, entries, &infos)?;
                 self.roll(&mut inner, now)?;
@@ -596,7 +606,7 @@ impl PartitionLog {
         if buf.is_empty() {
             return Ok(());
         }
-        let interval = self.config.index_interval_bytes as u64;
+        let interval = self.config.read().index_interval_bytes as u64;
         let active = inner.active_mut();
         if let Err(e) = active.file.write_all_at(buf, active.size) {
             // Drop any partial write so the file matches memory; if even that fails the file
@@ -644,6 +654,7 @@ impl PartitionLog {
         let a = inner.active();
         let due = self
             .config
+            .read()
             .segment_ms
             .is_some_and(|ms| now_ms - a.created_ms >= ms as i64);
         if due && a.has_batch() {
