@@ -426,8 +426,12 @@ async fn describe_and_alter_topic_configs() {
     let res = admin
         .describe_configs([&ResourceSpecifier::Topic("no-such-topic")], &admin_opts())
         .await;
+    // rust-rdkafka 0.39 drops per-resource errors here too (it never reads
+    // rd_kafka_ConfigResource_error), so a failed resource shows as one with no entries;
+    // tests/python checks that confluent-kafka sees UNKNOWN_TOPIC_OR_PARTITION.
     assert!(
-        res.is_err() || matches!(&res, Ok(v) if v[0].is_err()),
+        res.is_err()
+            || matches!(&res, Ok(v) if v[0].as_ref().map_or(true, |r| r.entries.is_empty())),
         "DescribeConfigs of a missing topic must fail: {res:?}"
     );
 

@@ -50,16 +50,18 @@ fn created_configs(
         .collect()
 }
 
+/// Names that occur more than once (Kafka answers every copy with INVALID_REQUEST).
+fn repeated<'a>(names: impl Iterator<Item = &'a str>) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    names
+        .filter(|n| !seen.insert(*n))
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn create_topics(broker: Arc<Broker>, req: CreateTopicsRequest, version: i16) -> Reply {
     Box::pin(async move {
-        let mut seen = HashSet::new();
-        let duplicates: HashSet<String> = req
-            .topics
-            .iter()
-            .filter_map(|t| {
-                (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string())
-            })
-            .collect();
+        let duplicates = repeated(req.topics.iter().map(|t| t.name.0.as_str()));
         let mut results = Vec::with_capacity(req.topics.len());
         for t in req.topics {
             let name = t.name.0.as_str().to_string();
@@ -196,14 +198,7 @@ pub fn delete_topics(broker: Arc<Broker>, req: DeleteTopicsRequest, version: i16
 
 pub fn create_partitions(broker: Arc<Broker>, req: CreatePartitionsRequest) -> Reply {
     Box::pin(async move {
-        let mut seen = HashSet::new();
-        let duplicates: HashSet<String> = req
-            .topics
-            .iter()
-            .filter_map(|t| {
-                (!seen.insert(t.name.0.as_str().to_string())).then(|| t.name.0.as_str().to_string())
-            })
-            .collect();
+        let duplicates = repeated(req.topics.iter().map(|t| t.name.0.as_str()));
         let mut results = Vec::with_capacity(req.topics.len());
         for t in req.topics {
             let name = t.name.0.as_str().to_string();

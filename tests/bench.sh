@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# `make bench`: throughput, latency, broker CPU and memory of one release-built node.
+#
+# Starts a fresh node (fsync policy `always`, the default) on 127.0.0.1:19092 with data in a
+# temporary directory, runs the phases below with sluice-bench (rdkafka), and prints one JSON
+# line per phase on stdout; everything else goes to stderr. Figures go to docs/benchmarks.md.
+#
+#   RECORDS=2000000 tests/bench.sh        # records per phase (default 2,000,000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${CARGO_TARGET_DIR:=/var/cache/sluice/target}"
+SLUICE="$CARGO_TARGET_DIR/release/sluice"
+BENCH="$CARGO_TARGET_DIR/release/sluice-bench"
+RECORDS="${RECORDS:-2000000}"
+PORT="${BENCH_PORT:-19092}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-19644}"
+BOOT="127.0.0.1:$PORT"
+for b in "$SLUICE" "$BENCH"; do
+  [ -x "$b" ] || { echo "missing $b: run 'make release' first" >&2; exit 1; }
+done
+
+DATA="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
+PID=""
+stop_node() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true
+  fi
+  PID=""
+}
+cleanup() { stop_node; rm -rf "$DATA"; }
+trap cleanup EXIT
+
+start_node() {
+  rm -rf "$DATA/node"; mkdir -p "$DATA/node"
+  "$SLUICE" --data-dir "$DATA/node" --kafka-addr "$BOOT" --advertised-kafka-addr "$BOOT" \
+    --admin-addr "127.0.0.1:$ADMIN_PORT" --fsync always --log-level warn \
+    >"$DATA/node.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$ADMIN_PORT/health/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$PID" 2>/dev/null || { cat "$DATA/node.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "node did not become ready" >&2; exit 1
+}
+
+bench() { "$BENCH" --bootstrap "$BOOT" --broker-pid "$PID" --report-secs 0 "$@"; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)" >&2
+echo "records per phase: $RECORDS, 100-byte records, 6 partitions, fsync always" >&2
+
+# 1. Peak produce rate, acks=1, then consume it all back from a fresh consumer.
+start_node
+peak_json="$(bench --mode produce --topic bench-a1 --partitions 6 --records "$RECORDS" \
+  --record-size 100 --acks 1 --linger-ms 5)"
+echo "$peak_json" | sed 's/^{/{"phase":"produce acks=1",/'
+bench --mode consume --topic bench-a1 --records "$RECORDS" | sed 's/^{/{"phase":"consume",/'
+stop_node
+
+# 2. Produce with acks=all.
+start_node
+bench --mode produce --topic bench-all --partitions 6 --records "$RECORDS" --record-size 100 \
+  --acks all --linger-ms 5 | sed 's/^{/{"phase":"produce acks=all",/'
+stop_node
+
+# 3. Latency at half of the peak acks=1 rate measured in phase 1.
+peak_rate="$(echo "$peak_json" | sed -n 's/.*"records_per_sec":\([0-9.]*\).*/\1/p')"
+half=$(awk -v r="$peak_rate" 'BEGIN { printf "%d", r / 2 }')
+start_node
+bench --mode produce --topic bench-half --partitions 6 --records "$RECORDS" --record-size 100 \
+  --acks 1 --linger-ms 5 --throughput "$half" | sed "s/^{/{\"phase\":\"produce acks=1 at half rate ($half\/s)\",/"
+stop_node
+
+# 4. Idle memory with 100 partitions that have each seen some data.
+start_node
+bench --mode produce --topic bench-idle --partitions 100 --records 10000 --record-size 100 \
+  --acks 1 --linger-ms 5 >/dev/null
+sleep 5
+rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$PID/status")
+echo "{\"phase\":\"idle with 100 partitions\",\"broker_rss_mib\":$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')}"
+stop_node
