@@ -23,6 +23,8 @@ fn group_node() -> Node {
             "300".into(),
             "--offsets-topic-num-partitions".into(),
             "5".into(),
+            "--group-min-session-timeout-ms".into(),
+            "1000".into(),
         ],
         ..NodeOpts::default()
     })
@@ -146,6 +148,74 @@ async fn two_consumers_split_partitions_and_hand_over_on_close() {
     .await;
     eprintln!("hand-over took {:?}", left.elapsed());
     close(a, ta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restart_keeps_partitions_without_rebalance() {
+    let node = group_node();
+    let bs = node.bootstrap();
+    let topic = "static-six";
+    create_topic(&bs, topic, 6, &[]).await;
+    let member = |id: &str| {
+        Arc::new(group_consumer(
+            &bs,
+            "static-group",
+            &[("group.instance.id", id), ("session.timeout.ms", "10000")],
+        ))
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = member("static-a");
+    let b = member("static-b");
+    a.subscribe(&[topic]).expect("subscribe");
+    b.subscribe(&[topic]).expect("subscribe");
+    let ta = drive(a.clone(), seen.clone());
+    let tb = drive(b.clone(), seen.clone());
+    let all: BTreeSet<i32> = (0..6).collect();
+    wait_until("static split", Duration::from_secs(30), || {
+        let (pa, pb) = (assigned(&a), assigned(&b));
+        !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.union(&pb).count() == 6
+    })
+    .await;
+    let (pa, pb) = (assigned(&a), assigned(&b));
+    let rebalances = |log: &str| {
+        log.matches("rebalance: join phase complete group=static-group")
+            .count()
+    };
+    let before = rebalances(&node.log());
+
+    // Both restart, one after the other, well within the session timeout (static members
+    // send no LeaveGroup on close).
+    close(b, tb).await;
+    let b2 = member("static-b");
+    b2.subscribe(&[topic]).expect("subscribe");
+    let tb2 = drive(b2.clone(), seen.clone());
+    wait_until(
+        "restarted b owns its old partitions",
+        Duration::from_secs(10),
+        || assigned(&b2) == pb,
+    )
+    .await;
+    close(a, ta).await;
+    let a2 = member("static-a");
+    a2.subscribe(&[topic]).expect("subscribe");
+    let ta2 = drive(a2.clone(), seen.clone());
+    wait_until(
+        "restarted a owns its old partitions",
+        Duration::from_secs(10),
+        || assigned(&a2) == pa,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(assigned(&b2), pb, "b kept its partitions");
+    assert_eq!(assigned(&a2), pa, "a kept its partitions");
+    assert_eq!(
+        rebalances(&node.log()),
+        before,
+        "no rebalance for static members restarting within the session timeout"
+    );
+    assert_eq!(pa.union(&pb).copied().collect::<BTreeSet<_>>(), all);
+    close(a2, ta2).await;
+    close(b2, tb2).await;
 }
 
 fn committed_of(c: &StreamConsumer, topic: &str, parts: i32) -> Vec<Offset> {
@@ -732,4 +802,75 @@ fn raw_checks(addr: SocketAddr) {
         r.responses[0].partition_responses[0].error_code, 17,
         "INVALID_TOPIC_EXCEPTION for produce to an internal topic"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_removes_a_silent_member() {
+    let node = group_node();
+    let addr = node.kafka_addr();
+    tokio::task::spawn_blocking(move || {
+        let g = "expiry-group";
+        let short = |member: &str| {
+            join_req(g, member, "consumer")
+                .with_session_timeout_ms(1500)
+                .with_rebalance_timeout_ms(5000)
+        };
+        // Two members join (v3: no two-step) in parallel: one generation with both.
+        let t = std::thread::spawn(move || {
+            let mut c2 = Raw::connect(addr);
+            let r: JoinGroupResponse = c2.call(ApiKey::JoinGroup, 3, &short(""));
+            assert_eq!(r.error_code, 0);
+            r.member_id.to_string()
+        });
+        let mut c = Raw::connect(addr);
+        let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, 3, &short(""));
+        assert_eq!(r.error_code, 0);
+        let m1 = r.member_id.to_string();
+        let gen = r.generation_id;
+        let m2 = t.join().expect("second member");
+        // The second member goes silent; the first keeps heartbeating and is told to rejoin
+        // once the second's session (1.5 s) has expired.
+        let started = Instant::now();
+        loop {
+            let r: HeartbeatResponse = c.call(
+                ApiKey::Heartbeat,
+                3,
+                &HeartbeatRequest::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_generation_id(gen)
+                    .with_member_id(s(&m1)),
+            );
+            if r.error_code == 27 {
+                break;
+            }
+            assert!(
+                matches!(r.error_code, 0 | 22),
+                "heartbeat error {}",
+                r.error_code
+            );
+            assert!(started.elapsed() < Duration::from_secs(10), "no rebalance");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "expired too early: {:?}",
+            started.elapsed()
+        );
+        let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, 3, &short(&m1));
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.generation_id, gen + 1);
+        let ids: Vec<String> = r.members.iter().map(|m| m.member_id.to_string()).collect();
+        assert_eq!(ids, vec![m1.clone()], "the silent member {m2} is gone");
+        let r: HeartbeatResponse = c.call(
+            ApiKey::Heartbeat,
+            3,
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(s(g)))
+                .with_generation_id(gen)
+                .with_member_id(s(&m2)),
+        );
+        assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID for the expired member");
+    })
+    .await
+    .expect("expiry checks");
 }

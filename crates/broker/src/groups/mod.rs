@@ -707,10 +707,17 @@ impl Coordinator {
                 g.instances
                     .insert(a.instance_id.clone().unwrap_or_default(), new_id.clone());
                 g.members.insert(new_id.clone(), m);
-                if g.state == GroupState::Stable && unchanged && !was_leader {
-                    // KIP-345: a quick restart keeps the assignment, no rebalance.
+                if g.state == GroupState::Stable && unchanged {
+                    // KIP-345: a quick restart keeps the assignment, no rebalance. A former
+                    // leader is told the old leader id, so it syncs as a follower and gets
+                    // its stored assignment instead of computing a new one.
                     g.persist_group();
-                    return JoinOutcome::Now(g.current_join_response(&new_id));
+                    let mut r = g.current_join_response(&new_id);
+                    if was_leader {
+                        r = r.with_leader(sb(&old));
+                    }
+                    tracing::info!(group = %g.id, member = %new_id, "static member rejoined; no rebalance");
+                    return JoinOutcome::Now(r);
                 }
                 g.members.get_mut(&new_id).expect("inserted").join_waiter = Some(tx);
                 if g.state != GroupState::PreparingRebalance {
