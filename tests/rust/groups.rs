@@ -218,6 +218,80 @@ async fn static_member_restart_keeps_partitions_without_rebalance() {
     close(b2, tb2).await;
 }
 
+/// Three members (cooperative-sticky: incremental rebalances driven by the client) split six
+/// partitions; auto-commit lands; a leaving member's partitions move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_cooperative_members_split_six_partitions_with_auto_commit() {
+    let node = group_node();
+    let bs = node.bootstrap();
+    let topic = "coop-six";
+    create_topic(&bs, topic, 6, &[]).await;
+    produce_per_partition(&bs, topic, 6, 10).await;
+    let extra = [
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "200"),
+    ];
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let members: Vec<Arc<StreamConsumer>> = (0..3)
+        .map(|_| Arc::new(group_consumer(&bs, "coop-group", &extra)))
+        .collect();
+    let mut tasks = Vec::new();
+    for m in &members {
+        m.subscribe(&[topic]).expect("subscribe");
+        tasks.push(drive(m.clone(), seen.clone()));
+        // Staggered joins: each newcomer triggers an incremental rebalance.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let all: BTreeSet<i32> = (0..6).collect();
+    let split_ok = |ms: &[Arc<StreamConsumer>]| {
+        let sets: Vec<BTreeSet<i32>> = ms.iter().map(|m| assigned(m)).collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        sets.iter().all(|s| !s.is_empty()) && total == 6 && union == all
+    };
+    wait_until("three-way split", Duration::from_secs(30), || {
+        split_ok(&members)
+    })
+    .await;
+    let sets: Vec<BTreeSet<i32>> = members.iter().map(|m| assigned(m)).collect();
+    eprintln!("cooperative split: {sets:?}");
+    assert!(
+        sets.iter().all(|s| s.len() == 2),
+        "sticky assignor balances 2/2/2: {sets:?}"
+    );
+    wait_until("all 60 records consumed", Duration::from_secs(30), || {
+        seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == 60
+    })
+    .await;
+    // Auto-commit stores what was consumed: every partition at 10.
+    let probe = group_consumer(&bs, "coop-group", &[]);
+    let want = vec![Offset::Offset(10); 6];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = committed_of(&probe, topic, 6);
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "auto-committed offsets: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Member 0 leaves; the other two take its partitions (incrementally).
+    let mut members = members;
+    let mut tasks = tasks;
+    let m0 = members.remove(0);
+    let t0 = tasks.remove(0);
+    close(m0, t0).await;
+    wait_until("two members own all six", Duration::from_secs(10), || {
+        split_ok(&members)
+    })
+    .await;
+    for (m, t) in members.into_iter().zip(tasks) {
+        close(m, t).await;
+    }
+    drop(probe);
+}
+
 fn committed_of(c: &StreamConsumer, topic: &str, parts: i32) -> Vec<Offset> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
@@ -248,6 +322,19 @@ async fn committed_offsets_survive_consumer_and_node_restarts() {
     c.subscribe(&[topic]).expect("subscribe");
     let got = consume(&c, 20, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 20);
+    // An async commit first, then a sync one that supersedes it.
+    let mut early = TopicPartitionList::new();
+    early
+        .add_partition_offset(topic, 0, Offset::Offset(2))
+        .expect("tpl");
+    early
+        .add_partition_offset(topic, 1, Offset::Offset(3))
+        .expect("tpl");
+    c.commit(&early, CommitMode::Async).expect("commit async");
+    wait_until("async commit visible", Duration::from_secs(10), || {
+        committed_of(&c, topic, 2) == vec![Offset::Offset(2), Offset::Offset(3)]
+    })
+    .await;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Offset(4))
         .expect("tpl");
