@@ -346,6 +346,20 @@ async fn committed_offsets_survive_consumer_and_node_restarts() {
         vec![Offset::Offset(4), Offset::Offset(7)],
         "committed() reads back"
     );
+    // Lag per group and partition on /metrics: 10 records each, committed 4 and 7.
+    let m = node.metrics();
+    for (p, lag, committed) in [(0, 6.0, 4.0), (1, 3.0, 7.0)] {
+        let labels = format!(r#"group="commit-group",partition="{p}",topic="{topic}""#);
+        assert_eq!(
+            metric_value(&m, "sluice_consumer_group_lag_records", Some(&labels)),
+            Some(lag),
+            "lag of partition {p}"
+        );
+        assert_eq!(
+            metric_value(&m, "sluice_consumer_group_committed_offset", Some(&labels)),
+            Some(committed)
+        );
+    }
     let c = Arc::try_unwrap(c).unwrap_or_else(|_| panic!("shared"));
     tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
 

@@ -55,6 +55,10 @@ pub struct BrokerConfig {
     pub offset_metadata_max_bytes: usize,
     /// `group.max.size`
     pub group_max_size: usize,
+    /// `offsets.retention.minutes`
+    pub offsets_retention_minutes: i64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -83,6 +87,8 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 1_800_000,
             offset_metadata_max_bytes: 4096,
             group_max_size: 1000,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }

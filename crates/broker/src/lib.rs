@@ -70,6 +70,29 @@ impl Broker {
         &self.groups
     }
 
+    /// Refreshes the consumer group gauges (committed offset and lag per group and
+    /// partition) from the coordinator and the partitions' high watermarks.
+    pub fn refresh_group_metrics(&self) {
+        let m = &self.metrics;
+        m.group_committed_offset.reset();
+        m.group_lag.reset();
+        for (group, topic, partition, offset) in self.groups.committed_offsets() {
+            let labels = [group.as_str(), topic.as_str(), &partition.to_string()];
+            m.group_committed_offset
+                .with_label_values(&labels)
+                .set(offset);
+            let hw = self
+                .topics
+                .get(&topic)
+                .and_then(|t| t.partition(partition).map(|p| p.replica.high_watermark()));
+            if let Some(hw) = hw {
+                m.group_lag
+                    .with_label_values(&labels)
+                    .set((hw - offset).max(0));
+            }
+        }
+    }
+
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
@@ -107,6 +130,8 @@ fn open_groups(config: &BrokerConfig, topics: &TopicManager) -> Result<Arc<Coord
         initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
         offset_metadata_max_bytes: config.offset_metadata_max_bytes,
         max_size: config.group_max_size,
+        offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
+        offsets_retention_check_interval_ms: config.offsets_retention_check_interval_ms.max(1),
     };
     let partitions = topic.partitions.iter().map(|p| p.replica.clone()).collect();
     Ok(Coordinator::load(settings, partitions)?)

@@ -111,6 +111,18 @@ pub struct Cli {
     /// (default 1800000).
     #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
     pub group_max_session_timeout_ms: Option<i32>,
+    /// How long committed offsets of an empty group are kept [offsets.retention.minutes]
+    /// (default 10080, 7 days).
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_MINUTES", value_name = "MIN")]
+    pub offsets_retention_minutes: Option<i64>,
+    /// How often expired offsets are removed [offsets.retention.check.interval.ms]
+    /// (default 600000).
+    #[arg(
+        long,
+        env = "SLUICE_OFFSETS_RETENTION_CHECK_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub offsets_retention_check_interval_ms: Option<u64>,
     /// Log filter, as RUST_LOG [log.level] (default info).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -199,6 +211,8 @@ const KNOWN_KEYS: &[&str] = &[
     "group.initial.rebalance.delay.ms",
     "group.min.session.timeout.ms",
     "group.max.session.timeout.ms",
+    "offsets.retention.minutes",
+    "offsets.retention.check.interval.ms",
 ];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
@@ -381,7 +395,23 @@ impl Cli {
             ),
             offset_metadata_max_bytes: d.offset_metadata_max_bytes,
             group_max_size: d.group_max_size,
+            offsets_retention_minutes: pick!(
+                self.offsets_retention_minutes,
+                "offsets.retention.minutes",
+                d.offsets_retention_minutes
+            ),
+            offsets_retention_check_interval_ms: pick!(
+                self.offsets_retention_check_interval_ms,
+                "offsets.retention.check.interval.ms",
+                d.offsets_retention_check_interval_ms
+            ),
         };
+        if broker.offsets_retention_minutes < 1 {
+            bail!("offsets.retention.minutes must be at least 1");
+        }
+        if broker.offsets_retention_check_interval_ms == 0 {
+            bail!("offsets.retention.check.interval.ms must be positive");
+        }
         if !(1..=1000).contains(&broker.offsets_topic_num_partitions) {
             bail!("offsets.topic.num.partitions must be between 1 and 1000");
         }

@@ -70,6 +70,11 @@ pub struct GroupSettings {
     pub offset_metadata_max_bytes: usize,
     /// `group.max.size`
     pub max_size: usize,
+    /// `offsets.retention.minutes`, in ms: offsets of an empty group expire this long after it
+    /// became empty (standalone commits: after their commit).
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1204,6 +1209,76 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Offset retention (`offsets.retention.minutes`): an empty group that used group
+    /// management loses all its offsets once it has been empty for the retention time; a
+    /// group of standalone commits loses each offset that long after its commit. A group left
+    /// with neither members nor offsets is removed. Returns how many offsets expired.
+    pub fn expire_offsets(&self, now_ms: i64) -> usize {
+        let retention = self.settings.offsets_retention_ms;
+        let mut expired = 0;
+        let mut st = self.state.lock();
+        let mut gone = Vec::new();
+        for g in st.groups.values_mut() {
+            if g.state != GroupState::Empty || !g.members.is_empty() || !g.pending.is_empty() {
+                continue;
+            }
+            let managed = g.protocol_type.is_some();
+            let old: Vec<(String, i32)> = g
+                .offsets
+                .iter()
+                .filter(|(_, c)| {
+                    let since = if managed {
+                        g.state_since_ms
+                    } else {
+                        c.value.commit_timestamp
+                    };
+                    now_ms.saturating_sub(since) >= retention
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for (t, p) in old {
+                g.offsets.remove(&(t.clone(), p));
+                let key = Key::Offset {
+                    group: g.id.clone(),
+                    topic: t,
+                    partition: p,
+                };
+                g.writes.push((store::encode_key(&key), None));
+                expired += 1;
+            }
+            if g.offsets.is_empty() {
+                g.writes
+                    .push((store::encode_key(&Key::Group(g.id.clone())), None));
+                gone.push(g.id.clone());
+            }
+            self.flush_detached(g);
+        }
+        for id in gone {
+            st.groups.remove(&id);
+        }
+        if expired > 0 {
+            tracing::info!(
+                offsets = expired,
+                "expired committed offsets of empty groups"
+            );
+        }
+        expired
+    }
+
+    /// Every committed offset: (group, topic, partition, offset), for lag metrics.
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let st = self.state.lock();
+        let mut out = Vec::new();
+        for g in st.groups.values() {
+            for ((t, p), c) in &g.offsets {
+                out.push((g.id.clone(), t.clone(), *p, c.value.offset));
+            }
+        }
+        out
+    }
+}
+
 /// Topics the members of a consumer group subscribe to (their "consumer" protocol metadata).
 fn subscribed_topics(g: &Group) -> Vec<String> {
     use kafka_protocol::messages::ConsumerProtocolSubscription;
@@ -1326,9 +1401,212 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
 async fn tick_loop(c: Weak<Coordinator>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_expiry = Instant::now();
     loop {
         tick.tick().await;
         let Some(c) = c.upgrade() else { return };
-        c.tick(Instant::now());
+        let now = Instant::now();
+        c.tick(now);
+        let every = Duration::from_millis(c.settings.offsets_retention_check_interval_ms);
+        if now.duration_since(last_expiry) >= every {
+            last_expiry = now;
+            c.expire_offsets(now_ms());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GroupSettings {
+        GroupSettings {
+            min_session_timeout_ms: 10,
+            max_session_timeout_ms: 600_000,
+            initial_rebalance_delay_ms: 0,
+            offset_metadata_max_bytes: 4096,
+            max_size: 1000,
+            offsets_retention_ms: 60_000,
+            offsets_retention_check_interval_ms: 600_000,
+        }
+    }
+
+    fn open_partitions(dir: &std::path::Path, n: usize) -> Vec<raft::Partition> {
+        (0..n)
+            .map(|i| {
+                raft::Partition::open(
+                    &dir.join(format!("__consumer_offsets-{i}")),
+                    raft::PartitionOptions {
+                        log: raft::LogConfig::default(),
+                    },
+                    Box::new(raft::AdmitAll),
+                )
+                .expect("open partition")
+            })
+            .collect()
+    }
+
+    fn args(group: &str, member: &str, v4: bool) -> JoinArgs {
+        JoinArgs {
+            group_id: group.into(),
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 2000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"sub"))],
+            require_known_member_id: v4,
+        }
+    }
+
+    async fn joined(o: JoinOutcome) -> JoinGroupResponse {
+        match o {
+            JoinOutcome::Now(r) => r,
+            JoinOutcome::Wait(rx) => rx.await.expect("join answered"),
+        }
+    }
+
+    async fn synced(o: SyncOutcome) -> SyncGroupResponse {
+        match o {
+            SyncOutcome::Now(r) => r,
+            SyncOutcome::Wait(rx) => rx.await.expect("sync answered"),
+        }
+    }
+
+    fn item(topic: &str, partition: i32, offset: i64) -> CommitItem {
+        CommitItem {
+            topic: topic.into(),
+            partition,
+            offset,
+            leader_epoch: 1,
+            metadata: format!("m{offset}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_and_offsets_are_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = open_partitions(dir.path(), 3);
+        let c = Coordinator::load(settings(), parts.clone()).expect("load");
+        let r = joined(c.join(args("g", "", true))).await;
+        assert_eq!(r.error_code, codes::MEMBER_ID_REQUIRED);
+        let m = r.member_id.to_string();
+        let r = joined(c.join(args("g", &m, true))).await;
+        assert_eq!((r.error_code, r.generation_id), (0, 1));
+        let s = synced(c.sync(
+            "g",
+            1,
+            &m,
+            None,
+            Some("consumer"),
+            Some("range"),
+            vec![(m.clone(), Bytes::from_static(b"asg"))],
+        ))
+        .await;
+        assert_eq!(s.assignment.as_ref(), b"asg");
+        c.commit("g", 1, &m, None, vec![item("t", 0, 5), item("t", 1, 7)])
+            .map_err(|c| format!("code {c}"))
+            .expect("accepted")
+            .await
+            .expect("durable");
+        c.commit("solo", -1, "", None, vec![item("u", 0, 3)])
+            .map_err(|c| format!("code {c}"))
+            .expect("accepted")
+            .await
+            .expect("durable");
+        // An offset deleted by OffsetDelete stays deleted after a reload.
+        let (_, done) = c
+            .delete_offsets("solo", vec![("u".into(), vec![0])])
+            .map_err(|c| format!("code {c}"))
+            .expect("group exists");
+        assert!(done.await);
+        c.commit("solo", -1, "", None, vec![item("u", 1, 4)])
+            .map_err(|c| format!("code {c}"))
+            .expect("accepted")
+            .await
+            .expect("durable");
+        // Give the detached group-metadata write its group commit.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let again = Coordinator::load(settings(), parts.clone()).expect("reload");
+        let g = again.describe("g").expect("group restored");
+        assert_eq!(g.state, GroupState::Stable);
+        assert_eq!(g.members.len(), 1);
+        assert_eq!(g.members[0].member_id, m);
+        assert_eq!(g.members[0].assignment.as_ref(), b"asg");
+        assert_eq!(
+            again.heartbeat("g", 1, &m, None),
+            codes::NONE,
+            "generation kept"
+        );
+        let got = again.fetch_offsets("g", None);
+        assert_eq!(got.len(), 1);
+        let offs: Vec<(i32, i64, String)> = got[0]
+            .1
+            .iter()
+            .map(|(p, v)| {
+                let v = v.as_ref().expect("committed");
+                (*p, v.offset, v.metadata.clone())
+            })
+            .collect();
+        assert_eq!(offs, vec![(0, 5, "m5".into()), (1, 7, "m7".into())]);
+        let solo = again.fetch_offsets("solo", Some(vec![("u".into(), vec![0, 1])]));
+        assert!(solo[0].1[0].1.is_none(), "deleted offset stays deleted");
+        assert_eq!(solo[0].1[1].1.as_ref().map(|v| v.offset), Some(4));
+
+        // The restored member never heartbeats again: its session expires, the group
+        // rebalances to empty and keeps its offsets.
+        again.tick(Instant::now() + Duration::from_secs(5));
+        let g = again.describe("g").expect("group");
+        assert_eq!(g.state, GroupState::Empty);
+        assert_eq!(again.heartbeat("g", 1, &m, None), codes::UNKNOWN_MEMBER_ID);
+        assert_eq!(again.fetch_offsets("g", None)[0].1.len(), 2);
+
+        // Retention: nothing expires early; everything expires once the empty group and the
+        // standalone commit are older than the retention.
+        assert_eq!(again.expire_offsets(now_ms()), 0);
+        assert_eq!(again.expire_offsets(now_ms() + 61_000), 3);
+        assert!(again.describe("g").is_none() && again.describe("solo").is_none());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let third = Coordinator::load(settings(), parts).expect("reload");
+        assert!(third.list().is_empty(), "expired groups stay gone");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Coordinator::load(settings(), open_partitions(dir.path(), 1)).expect("load");
+        let a = joined(c.join(args("g", "", false))).await;
+        let a_id = a.member_id.to_string();
+        assert_eq!(a.generation_id, 1);
+        // b joins: a rebalance that waits for a (rebalance timeout 2 s).
+        let b = c.join(args("g", "", false));
+        assert!(matches!(b, JoinOutcome::Wait(_)));
+        assert_eq!(
+            c.heartbeat("g", 1, &a_id, None),
+            codes::REBALANCE_IN_PROGRESS
+        );
+        // Mismatched protocol type while members exist.
+        let mut bad = args("g", "", false);
+        bad.protocol_type = "connect".into();
+        let r = joined(c.join(bad)).await;
+        assert_eq!(r.error_code, codes::INCONSISTENT_GROUP_PROTOCOL);
+        // a never rejoins; past the deadline b completes alone as generation 2 and leads.
+        c.tick(Instant::now() + Duration::from_secs(3));
+        let b = joined(b).await;
+        assert_eq!((b.error_code, b.generation_id), (0, 2));
+        assert_eq!(b.leader, b.member_id);
+        assert_eq!(b.members.len(), 1);
+        assert_eq!(c.heartbeat("g", 2, &a_id, None), codes::UNKNOWN_MEMBER_ID);
+        // Stale generation, then a leave that empties the group.
+        let b_id = b.member_id.to_string();
+        assert_eq!(c.heartbeat("g", 1, &b_id, None), codes::ILLEGAL_GENERATION);
+        assert_eq!(
+            c.leave("g", &[(b_id.clone(), None), ("x".into(), None)]),
+            vec![codes::NONE, codes::UNKNOWN_MEMBER_ID]
+        );
+        assert_eq!(c.describe("g").expect("group").state, GroupState::Empty);
     }
 }
