@@ -611,6 +611,18 @@ fn raw_checks(addr: SocketAddr) {
         &commit_req(g, generation, &m1, "no-such-topic", 5),
     );
     assert_eq!(commit_code(&r), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    let big = commit_req(g, generation, &m1, "raw-t", 5).with_topics(vec![
+        offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(TopicName(s("raw-t")))
+            .with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(5)
+                    .with_committed_metadata(Some(s(&"x".repeat(5000)))),
+            ]),
+    ]);
+    let r: OffsetCommitResponse = c.call(ApiKey::OffsetCommit, 8, &big);
+    assert_eq!(commit_code(&r), 12, "OFFSET_METADATA_TOO_LARGE");
     let r: OffsetCommitResponse = c.call(
         ApiKey::OffsetCommit,
         8,
@@ -974,4 +986,140 @@ async fn session_expiry_removes_a_silent_member() {
     })
     .await
     .expect("expiry checks");
+}
+
+/// A member driven over raw requests the way a consumer behaves: join (two-step), sync (the
+/// leader assigns nothing in particular), heartbeat, rejoin on REBALANCE_IN_PROGRESS.
+fn raw_member(
+    addr: SocketAddr,
+    group: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    synced: Arc<Mutex<Vec<i32>>>,
+    slot: usize,
+) {
+    use std::sync::atomic::Ordering;
+    let mut c = Raw::connect(addr);
+    let mut member = String::new();
+    'rejoin: while !stop.load(Ordering::Relaxed) {
+        let req = join_req(group, &member, "consumer")
+            .with_session_timeout_ms(20_000)
+            .with_rebalance_timeout_ms(20_000);
+        let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, 5, &req);
+        member = r.member_id.to_string();
+        match r.error_code {
+            0 => {}
+            79 | 27 => continue,
+            e => panic!("join error {e}"),
+        }
+        let generation = r.generation_id;
+        let assignments = r
+            .members
+            .iter()
+            .map(|m| {
+                sync_group_request::SyncGroupRequestAssignment::default()
+                    .with_member_id(m.member_id.clone())
+                    .with_assignment(bytes::Bytes::from_static(b"a"))
+            })
+            .collect();
+        let r: SyncGroupResponse = c.call(
+            ApiKey::SyncGroup,
+            3,
+            &SyncGroupRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_generation_id(generation)
+                .with_member_id(s(&member))
+                .with_assignments(assignments),
+        );
+        match r.error_code {
+            0 => synced.lock().unwrap()[slot] = generation,
+            27 => continue,
+            e => panic!("sync error {e}"),
+        }
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(300));
+            let r: HeartbeatResponse = c.call(
+                ApiKey::Heartbeat,
+                3,
+                &HeartbeatRequest::default()
+                    .with_group_id(GroupId(s(group)))
+                    .with_generation_id(generation)
+                    .with_member_id(s(&member)),
+            );
+            match r.error_code {
+                0 => {}
+                27 | 22 => continue 'rejoin,
+                e => panic!("heartbeat error {e}"),
+            }
+        }
+    }
+    let _: LeaveGroupResponse = c.call(
+        ApiKey::LeaveGroup,
+        0,
+        &LeaveGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_member_id(s(&member)),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_members_converge_without_stalling_the_coordinator() {
+    const N: usize = 200;
+    let node = group_node();
+    let addr = node.kafka_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let synced = Arc::new(Mutex::new(vec![0; N]));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let (stop, synced) = (stop.clone(), synced.clone());
+            std::thread::spawn(move || raw_member(addr, "crowd", stop, synced, i))
+        })
+        .collect();
+    let probe = tokio::task::spawn_blocking(move || {
+        let mut c = Raw::connect(addr);
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        loop {
+            // Another group's requests are answered promptly throughout.
+            let t = Instant::now();
+            let r: DescribeGroupsResponse = c.call(
+                ApiKey::DescribeGroups,
+                5,
+                &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("crowd"))]),
+            );
+            slowest = slowest.max(t.elapsed());
+            let g = &r.groups[0];
+            if g.group_state.as_str() == "Stable" && g.members.len() == N {
+                return (started.elapsed(), slowest);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no convergence: {} members, {}",
+                g.members.len(),
+                g.group_state.as_str()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (took, slowest) = probe.await.expect("probe");
+    eprintln!("{N} members stable after {took:?}; slowest DescribeGroups {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "coordinator stalled for {slowest:?}"
+    );
+    wait_until(
+        "every member synced the final generation",
+        Duration::from_secs(30),
+        || {
+            let v = synced.lock().unwrap();
+            let max = *v.iter().max().unwrap_or(&0);
+            max > 0 && v.iter().all(|g| *g == max)
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        tokio::task::spawn_blocking(move || t.join().expect("member thread"))
+            .await
+            .expect("join");
+    }
 }
