@@ -873,6 +873,32 @@ fn raw_checks(addr: SocketAddr) {
         5,
         "offsets.topic.num.partitions"
     );
+    let r: CreatePartitionsResponse = c.call(
+        ApiKey::CreatePartitions,
+        1,
+        &CreatePartitionsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![
+                create_partitions_request::CreatePartitionsTopic::default()
+                    .with_name(TopicName(s("__consumer_offsets")))
+                    .with_count(10),
+            ]),
+    );
+    assert_eq!(
+        r.results[0].error_code, 37,
+        "INVALID_PARTITIONS for the offsets topic"
+    );
+    let r: DeleteTopicsResponse = c.call(
+        ApiKey::DeleteTopics,
+        4,
+        &DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topic_names(vec![TopicName(s("__consumer_offsets"))]),
+    );
+    assert_eq!(
+        r.responses[0].error_code, 17,
+        "the offsets topic cannot be deleted"
+    );
     let mut batch = BytesMut::new();
     kafka_protocol::records::RecordBatchEncoder::encode(
         &mut batch,

@@ -354,6 +354,14 @@ impl TopicManager {
                 format!("topic '{name}' does not exist"),
             ));
         };
+        if topic.internal {
+            // Groups are placed by hash over the partition count: more partitions would move
+            // them away from their records.
+            return Err(ApiError::new(
+                codes::INVALID_PARTITIONS,
+                format!("'{name}' is an internal topic; its partition count cannot change"),
+            ));
+        }
         let have = topic.partitions.len() as i32;
         if count <= have {
             return Err(ApiError::new(

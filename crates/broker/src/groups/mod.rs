@@ -680,6 +680,7 @@ impl Coordinator {
                 .instance_id
                 .as_ref()
                 .and_then(|i| g.instances.get(i))
+                .filter(|m| g.members.contains_key(*m))
                 .cloned()
             {
                 let new_id = format!(
@@ -687,10 +688,9 @@ impl Coordinator {
                     a.instance_id.as_deref().unwrap_or(""),
                     uuid::Uuid::new_v4()
                 );
-                let mut m = g
-                    .members
-                    .shift_remove(&old)
-                    .expect("instance maps to a member");
+                let Some(mut m) = g.members.shift_remove(&old) else {
+                    return err(codes::UNKNOWN_MEMBER_ID, &a.member_id);
+                };
                 if let Some(w) = m.join_waiter.take() {
                     let _ = w.send(join_error(codes::FENCED_INSTANCE_ID, &old));
                 }
