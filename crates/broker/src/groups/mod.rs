@@ -1266,6 +1266,29 @@ impl Coordinator {
         expired
     }
 
+    /// Removes (tombstones) every group's committed offsets of a deleted topic.
+    pub fn forget_topic(&self, topic: &str) {
+        let mut st = self.state.lock();
+        for g in st.groups.values_mut() {
+            let gone: Vec<i32> = g
+                .offsets
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| *p)
+                .collect();
+            for p in gone {
+                g.offsets.remove(&(topic.to_string(), p));
+                let key = Key::Offset {
+                    group: g.id.clone(),
+                    topic: topic.to_string(),
+                    partition: p,
+                };
+                g.writes.push((store::encode_key(&key), None));
+            }
+            self.flush_detached(g);
+        }
+    }
+
     /// Every committed offset: (group, topic, partition, offset), for lag metrics.
     pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
         let st = self.state.lock();
@@ -1608,5 +1631,34 @@ mod tests {
             vec![codes::NONE, codes::UNKNOWN_MEMBER_ID]
         );
         assert_eq!(c.describe("g").expect("group").state, GroupState::Empty);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offsets_of_a_deleted_topic_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = open_partitions(dir.path(), 2);
+        let c = Coordinator::load(settings(), parts.clone()).expect("load");
+        c.commit(
+            "g",
+            -1,
+            "",
+            None,
+            vec![item("gone", 0, 3), item("kept", 0, 4)],
+        )
+        .map_err(|c| format!("code {c}"))
+        .expect("accepted")
+        .await
+        .expect("durable");
+        c.forget_topic("gone");
+        let all = c.fetch_offsets("g", None);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, "kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = Coordinator::load(settings(), parts).expect("reload");
+        let all = again.fetch_offsets("g", None);
+        assert_eq!(
+            all.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+            vec!["kept"]
+        );
     }
 }
