@@ -1149,3 +1149,176 @@ async fn two_hundred_members_converge_without_stalling_the_coordinator() {
             .expect("join");
     }
 }
+
+/// Every advertised version of every group API gets an answer that decodes exactly in that
+/// version (no missing or extra bytes), so old and new clients read their own layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_api_version_answers_in_its_own_layout() {
+    let node = group_node();
+    let bs = node.bootstrap();
+    create_topic(&bs, "versions-t", 1, &[]).await;
+    let addr = node.kafka_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Raw::connect(addr);
+        let g = "versions-group";
+        for v in 0..=6 {
+            let req = if v >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![s(g)])
+            } else {
+                FindCoordinatorRequest::default().with_key(s(g))
+            };
+            let r: FindCoordinatorResponse = c.call(ApiKey::FindCoordinator, v, &req);
+            let code = if v >= 4 {
+                r.coordinators[0].error_code
+            } else {
+                r.error_code
+            };
+            assert_eq!(code, 0, "FindCoordinator v{v}");
+        }
+        for v in 0..=9 {
+            let r: JoinGroupResponse = c.call(
+                ApiKey::JoinGroup,
+                v,
+                &join_req(&format!("{g}-{v}"), "", "consumer"),
+            );
+            let want = if v >= 4 { 79 } else { 0 };
+            assert_eq!(r.error_code, want, "JoinGroup v{v}");
+        }
+        for v in 0..=5 {
+            let r: SyncGroupResponse = c.call(
+                ApiKey::SyncGroup,
+                v,
+                &SyncGroupRequest::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_member_id(s("nobody")),
+            );
+            assert_eq!(r.error_code, 25, "SyncGroup v{v}");
+        }
+        for v in 0..=4 {
+            let r: HeartbeatResponse = c.call(
+                ApiKey::Heartbeat,
+                v,
+                &HeartbeatRequest::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_member_id(s("nobody")),
+            );
+            assert_eq!(r.error_code, 25, "Heartbeat v{v}");
+        }
+        for v in 0..=5 {
+            let req = if v >= 3 {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_members(vec![
+                        leave_group_request::MemberIdentity::default().with_member_id(s("nobody"))
+                    ])
+            } else {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(s(g)))
+                    .with_member_id(s("nobody"))
+            };
+            let r: LeaveGroupResponse = c.call(ApiKey::LeaveGroup, v, &req);
+            let code = if v >= 3 {
+                r.members[0].error_code
+            } else {
+                r.error_code
+            };
+            assert_eq!(code, 25, "LeaveGroup v{v}");
+        }
+        for v in 2..=9 {
+            let r: OffsetCommitResponse = c.call(
+                ApiKey::OffsetCommit,
+                v,
+                &commit_req(g, -1, "", "versions-t", i64::from(v)),
+            );
+            assert_eq!(commit_code(&r), 0, "OffsetCommit v{v}");
+        }
+        for v in 1..=9 {
+            let topics = Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopics::default()
+                    .with_name(TopicName(s("versions-t")))
+                    .with_partition_indexes(vec![0]),
+            ]);
+            let r: OffsetFetchResponse = if v >= 8 {
+                c.call(
+                    ApiKey::OffsetFetch,
+                    v,
+                    &OffsetFetchRequest::default().with_groups(vec![
+                        offset_fetch_request::OffsetFetchRequestGroup::default()
+                            .with_group_id(GroupId(s(g)))
+                            .with_topics(topics),
+                    ]),
+                )
+            } else {
+                c.call(
+                    ApiKey::OffsetFetch,
+                    v,
+                    &OffsetFetchRequest::default()
+                        .with_group_id(GroupId(s(g)))
+                        .with_topics(Some(vec![
+                            offset_fetch_request::OffsetFetchRequestTopic::default()
+                                .with_name(TopicName(s("versions-t")))
+                                .with_partition_indexes(vec![0]),
+                        ])),
+                )
+            };
+            let offset = if v >= 8 {
+                r.groups[0].topics[0].partitions[0].committed_offset
+            } else {
+                r.topics[0].partitions[0].committed_offset
+            };
+            assert_eq!(offset, 9, "OffsetFetch v{v}: the last commit (v9)");
+        }
+        for v in 0..=6 {
+            let r: DescribeGroupsResponse = c.call(
+                ApiKey::DescribeGroups,
+                v,
+                &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(g))]),
+            );
+            assert_eq!(
+                r.groups[0].group_state.as_str(),
+                "Empty",
+                "DescribeGroups v{v}"
+            );
+        }
+        for v in 0..=5 {
+            let r: ListGroupsResponse =
+                c.call(ApiKey::ListGroups, v, &ListGroupsRequest::default());
+            assert!(
+                r.groups.iter().any(|x| x.group_id.as_str() == g),
+                "ListGroups v{v}"
+            );
+        }
+        let r: OffsetDeleteResponse = c.call(
+            ApiKey::OffsetDelete,
+            0,
+            &OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s(g)))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(TopicName(s("versions-t")))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]),
+        );
+        assert_eq!(r.error_code, 0);
+        for v in 0..=2 {
+            let name = format!("{g}-del-{v}");
+            let r: OffsetCommitResponse = c.call(
+                ApiKey::OffsetCommit,
+                8,
+                &commit_req(&name, -1, "", "versions-t", 1),
+            );
+            assert_eq!(commit_code(&r), 0);
+            let r: DeleteGroupsResponse = c.call(
+                ApiKey::DeleteGroups,
+                v,
+                &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(&name))]),
+            );
+            assert_eq!(r.results[0].error_code, 0, "DeleteGroups v{v}");
+        }
+    })
+    .await
+    .expect("version sweep");
+}
