@@ -140,6 +140,17 @@ fn bodies(key: ApiKey, batch: &[u8]) -> Vec<(&'static str, RequestKind)> {
         ApiKey::CreatePartitions => RequestKind::CreatePartitions(Default::default()),
         ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(Default::default()),
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(Default::default()),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(Default::default()),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(Default::default()),
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(Default::default()),
+        ApiKey::JoinGroup => RequestKind::JoinGroup(Default::default()),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(Default::default()),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(Default::default()),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(Default::default()),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(Default::default()),
+        ApiKey::ListGroups => RequestKind::ListGroups(Default::default()),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(Default::default()),
         other => panic!("{other:?} is not in the supported table"),
     };
     out.push(("default", default));

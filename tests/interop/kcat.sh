@@ -152,5 +152,19 @@ else
     fail "kcat -Q future timestamp -> offset -1 (end)" "$(cat "$TMP/Q2.out")"
 fi
 
+# ---------------------------------------------------------------------- 6. consumer group (-G)
+# A balanced consumer reads six records and commits on close (auto commit); the next one in
+# the same group starts after them.
+T6="kcat-group-$RUN_ID"
+G6="kcat-group-$RUN_ID"
+printf 'g0\ng1\ng2\ng3\ng4\ng5\n' | kc -P -t "$T6" -p 0 2>"$TMP/P6.err"
+kc -G "$G6" -X auto.offset.reset=earliest -c 6 -q -f '%o|%s\n' "$T6" >"$TMP/G1.got" 2>"$TMP/G1.err"
+printf '0|g0\n1|g1\n2|g2\n3|g3\n4|g4\n5|g5\n' >"$TMP/G1.want"
+check_file "kcat -G consumes a topic as a group member" "$TMP/G1.want" "$TMP/G1.got" "$TMP/G1.err"
+printf 'g6\ng7\n' | kc -P -t "$T6" -p 0 2>>"$TMP/P6.err"
+kc -G "$G6" -X auto.offset.reset=earliest -c 2 -q -f '%o|%s\n' "$T6" >"$TMP/G2.got" 2>"$TMP/G2.err"
+printf '6|g6\n7|g7\n' >"$TMP/G2.want"
+check_file "kcat -G resumes after the group's committed offsets" "$TMP/G2.want" "$TMP/G2.got" "$TMP/G2.err"
+
 echo "kcat: $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -1,6 +1,6 @@
 """aiokafka (asyncio, pure Python) against Sluice: admin API, every codec, idempotence, errors.
 
-Consumers use group_id=None with manual assignment (no consumer groups yet).
+Consumers use group_id=None with manual assignment (groups: test_groups.py).
 Each test drives its own event loop with asyncio.run (no pytest plugin needed).
 """
 

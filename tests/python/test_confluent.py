@@ -1,7 +1,7 @@
 """confluent-kafka (librdkafka) against Sluice: admin API, every codec, idempotence, errors.
 
-Consumers use manual assignment only (consumer groups are not implemented yet):
-group.id is required by librdkafka's consumer but nothing is committed.
+Consumers here use manual assignment: group.id is required by librdkafka's consumer but
+nothing is committed. Consumer groups are tested in test_groups.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """kafka-python (pure Python) against Sluice: admin API, every codec, idempotence, errors.
 
-Consumers use group_id=None with manual assignment (no consumer groups yet).
+Consumers use group_id=None with manual assignment (groups: test_groups.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 //! Real librdkafka clients (through rdkafka) against a real `sluice` process.
 //!
 //! Every test starts its own node on free loopback ports with its own data dir, so the
-//! tests run in parallel and a failure prints only its own node's log. Consumers use
-//! manual `assign()` only (no consumer groups yet).
+//! tests run in parallel and a failure prints only its own node's log. Consumers here use
+//! manual `assign()`; consumer groups are tested in `groups.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};

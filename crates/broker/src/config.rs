@@ -42,6 +42,23 @@ pub struct BrokerConfig {
     pub log_retention_check_interval: Duration,
     /// Fsync policy: `always` (group commit before acknowledging) or every interval.
     pub fsync: FsyncPolicy,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` (used when the
+    /// topic is first created; an existing topic keeps its count).
+    pub offsets_topic_num_partitions: i32,
+    /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
+    pub group_initial_rebalance_delay_ms: i32,
+    /// `group.min.session.timeout.ms`
+    pub group_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`
+    pub group_max_session_timeout_ms: i32,
+    /// `offset.metadata.max.bytes`
+    pub offset_metadata_max_bytes: usize,
+    /// `group.max.size`
+    pub group_max_size: usize,
+    /// `offsets.retention.minutes`
+    pub offsets_retention_minutes: i64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +81,14 @@ impl Default for BrokerConfig {
             log_index_interval_bytes: 4096,
             log_retention_check_interval: Duration::from_secs(300),
             fsync: FsyncPolicy::Always,
+            offsets_topic_num_partitions: 50,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            offset_metadata_max_bytes: 4096,
+            group_max_size: 1000,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }

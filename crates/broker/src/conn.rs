@@ -112,7 +112,7 @@ async fn connection(
                 break;
             }
         };
-        match decode_and_dispatch(&broker, frame) {
+        match decode_and_dispatch(&broker, peer, frame) {
             Ok(pending) => {
                 if tx.send(pending).await.is_err() {
                     break;
@@ -166,7 +166,11 @@ async fn read_frame(
     Ok(Some(buf.split_to(size).freeze()))
 }
 
-fn decode_and_dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, CloseReason> {
+fn decode_and_dispatch(
+    broker: &Arc<Broker>,
+    peer: SocketAddr,
+    frame: Bytes,
+) -> Result<Pending, CloseReason> {
     let started = Instant::now();
     let prefix = match request::parse_prefix(&frame, api::supported_versions) {
         Ok(p) => p,
@@ -189,7 +193,7 @@ fn decode_and_dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, Cl
         Err(e) => return Err(CloseReason::Request(e)),
     };
     let (header, request) = request::decode(&prefix, frame).map_err(CloseReason::Request)?;
-    let reply = api::dispatch(broker, &header, request);
+    let reply = api::dispatch(broker, &header, peer, request);
     Ok(Pending {
         correlation_id: prefix.correlation_id,
         api_key: prefix.api_key,
@@ -247,7 +251,7 @@ fn encode_response(
     out.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(out, api_key.response_header_version(version))?;
-    response.encode(out, version)?;
+    response.encode(out, request::response_encode_version(api_key, version))?;
     let size = i32::try_from(out.len() - 4)?;
     out[..4].copy_from_slice(&size.to_be_bytes());
     Ok(())

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 mod conn;
+pub mod groups;
 pub mod metrics;
 mod producer_state;
 pub mod topic_config;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use config::BrokerConfig;
 pub use conn::serve;
 
+use crate::groups::{Coordinator, GroupSettings, OFFSETS_TOPIC};
 use crate::metrics::Metrics;
 use crate::producer_state::ProducerIds;
 use crate::topics::TopicManager;
@@ -30,6 +32,7 @@ pub struct Broker {
     pub topics: TopicManager,
     pub metrics: Metrics,
     producer_ids: ProducerIds,
+    groups: Arc<Coordinator>,
     cluster_id: String,
     ready: AtomicBool,
 }
@@ -50,14 +53,44 @@ impl Broker {
         };
         let producer_ids = ProducerIds::open(meta.clone())?;
         let topics = TopicManager::open(&config, meta, &metrics)?;
+        let groups = open_groups(&config, &topics)?;
         Ok(Arc::new(Broker {
             config,
             topics,
             metrics,
             producer_ids,
+            groups,
             cluster_id,
             ready: AtomicBool::new(false),
         }))
+    }
+
+    /// The group coordinator.
+    pub fn groups(&self) -> &Arc<Coordinator> {
+        &self.groups
+    }
+
+    /// Refreshes the consumer group gauges (committed offset and lag per group and
+    /// partition) from the coordinator and the partitions' high watermarks.
+    pub fn refresh_group_metrics(&self) {
+        let m = &self.metrics;
+        m.group_committed_offset.reset();
+        m.group_lag.reset();
+        for (group, topic, partition, offset) in self.groups.committed_offsets() {
+            let labels = [group.as_str(), topic.as_str(), &partition.to_string()];
+            m.group_committed_offset
+                .with_label_values(&labels)
+                .set(offset);
+            let hw = self
+                .topics
+                .get(&topic)
+                .and_then(|t| t.partition(partition).map(|p| p.replica.high_watermark()));
+            if let Some(hw) = hw {
+                m.group_lag
+                    .with_label_values(&labels)
+                    .set((hw - offset).max(0));
+            }
+        }
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -78,6 +111,30 @@ impl Broker {
         self.set_ready(false);
         self.topics.close_all().await;
     }
+}
+
+/// Creates `__consumer_offsets` on first start (no time or size retention: it holds the
+/// only copy of committed offsets, and compaction does not exist yet) and rebuilds the
+/// groups from it.
+fn open_groups(config: &BrokerConfig, topics: &TopicManager) -> Result<Arc<Coordinator>, Error> {
+    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let topic = topics
+        .ensure_internal(OFFSETS_TOPIC, config.offsets_topic_num_partitions, configs)
+        .map_err(|e| Error::Metadata(format!("creating {OFFSETS_TOPIC}: {}", e.message)))?;
+    let settings = GroupSettings {
+        min_session_timeout_ms: config.group_min_session_timeout_ms,
+        max_session_timeout_ms: config.group_max_session_timeout_ms,
+        initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+        offset_metadata_max_bytes: config.offset_metadata_max_bytes,
+        max_size: config.group_max_size,
+        offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
+        offsets_retention_check_interval_ms: config.offsets_retention_check_interval_ms.max(1),
+    };
+    let partitions = topic.partitions.iter().map(|p| p.replica.clone()).collect();
+    Ok(Coordinator::load(settings, partitions)?)
 }
 
 /// A Kafka-style cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).

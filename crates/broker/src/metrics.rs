@@ -21,6 +21,8 @@ pub struct Metrics {
     pub partition_high_watermark: IntGaugeVec,
     pub partition_log_size: IntGaugeVec,
     pub partition_log_start: IntGaugeVec,
+    pub group_committed_offset: IntGaugeVec,
+    pub group_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -109,8 +111,26 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("valid metric");
+        let group_committed_offset = IntGaugeVec::new(
+            Opts::new(
+                "sluice_consumer_group_committed_offset",
+                "Committed offset per consumer group and partition.",
+            ),
+            &["group", "topic", "partition"],
+        )
+        .expect("valid metric");
+        let group_lag = IntGaugeVec::new(
+            Opts::new(
+                "sluice_consumer_group_lag_records",
+                "High watermark minus committed offset, per consumer group and partition.",
+            ),
+            &["group", "topic", "partition"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(group_committed_offset.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(group_lag.clone()),
+            Box::new(requests.clone()),
             Box::new(request_errors.clone()),
             Box::new(request_latency.clone()),
             Box::new(bytes_in.clone()),
@@ -143,6 +163,8 @@ impl Metrics {
             partition_high_watermark,
             partition_log_size,
             partition_log_start,
+            group_committed_offset,
+            group_lag,
         }
     }
 

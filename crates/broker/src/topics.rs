@@ -239,6 +239,34 @@ impl TopicManager {
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, ApiError> {
         let _guard = self.admin.lock().await;
+        self.create_locked(name, num_partitions, replication_factor, configs)
+    }
+
+    /// Creates an internal topic at start-up if it does not exist yet (before any request is
+    /// served, so nothing races with it). Returns the topic.
+    pub fn ensure_internal(
+        &self,
+        name: &str,
+        num_partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, ApiError> {
+        if let Some(t) = self.get(name) {
+            return Ok(t);
+        }
+        let _guard = self
+            .admin
+            .try_lock()
+            .map_err(|_| ApiError::new(codes::INVALID_REQUEST, "topic admin busy at start-up"))?;
+        self.create_locked(name, num_partitions, 1, configs)
+    }
+
+    fn create_locked(
+        &self,
+        name: &str,
+        num_partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, ApiError> {
         let (partitions, _rf) =
             self.check_create(name, num_partitions, replication_factor, &configs)?;
         let id = Uuid::new_v4();
@@ -278,6 +306,12 @@ impl TopicManager {
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
+        if self.get(name).is_some_and(|t| t.internal) {
+            return Err(ApiError::new(
+                codes::INVALID_TOPIC_EXCEPTION,
+                format!("'{name}' is an internal topic and cannot be deleted"),
+            ));
+        }
         let Some(topic) = self.topics.write().remove(name) else {
             return Err(ApiError::new(
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
@@ -320,6 +354,14 @@ impl TopicManager {
                 format!("topic '{name}' does not exist"),
             ));
         };
+        if topic.internal {
+            // Groups are placed by hash over the partition count: more partitions would move
+            // them away from their records.
+            return Err(ApiError::new(
+                codes::INVALID_PARTITIONS,
+                format!("'{name}' is an internal topic; its partition count cannot change"),
+            ));
+        }
         let have = topic.partitions.len() as i32;
         if count <= have {
             return Err(ApiError::new(

@@ -76,7 +76,11 @@ pub fn decode(prefix: &Prefix, frame: Bytes) -> Result<(RequestHeader, RequestKi
     } = *prefix;
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(move || {
         let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))?;
-        let request = RequestKind::decode(api_key, &mut buf, version)?;
+        let request = if api_key == ApiKey::OffsetCommit && version == 1 {
+            RequestKind::OffsetCommit(legacy::offset_commit_v1(&mut buf)?)
+        } else {
+            RequestKind::decode(api_key, &mut buf, version)?
+        };
         anyhow::Ok((header, request))
     }));
     match decoded {
@@ -87,5 +91,198 @@ pub fn decode(prefix: &Prefix, frame: Bytes) -> Result<(RequestHeader, RequestKi
         Err(_) => Err(FrameError::Malformed(format!(
             "{api_key:?} v{version}: decoder panicked"
         ))),
+    }
+}
+
+/// The version a response is encoded in: the requested one, except for versions the
+/// `kafka-protocol` crate no longer encodes whose layout equals a newer one's.
+pub fn response_encode_version(api_key: ApiKey, version: i16) -> i16 {
+    match (api_key, version) {
+        // OffsetCommit responses v0-v2 are identical (throttle time arrives in v3).
+        (ApiKey::OffsetCommit, 1) => 2,
+        _ => version,
+    }
+}
+
+/// Hand decoders for request versions Kafka 4 dropped but real clients still send (Sarama's
+/// offset manager commits with OffsetCommit v1 unless a retention time is configured).
+mod legacy {
+    use bytes::{Buf, Bytes};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn need(buf: &Bytes, n: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(buf.remaining() >= n, "truncated: need {n} more bytes");
+        Ok(())
+    }
+
+    fn i32(buf: &mut Bytes) -> anyhow::Result<i32> {
+        need(buf, 4)?;
+        Ok(buf.get_i32())
+    }
+
+    fn i64(buf: &mut Bytes) -> anyhow::Result<i64> {
+        need(buf, 8)?;
+        Ok(buf.get_i64())
+    }
+
+    fn nullable_string(buf: &mut Bytes) -> anyhow::Result<Option<StrBytes>> {
+        need(buf, 2)?;
+        let n = buf.get_i16();
+        if n < 0 {
+            return Ok(None);
+        }
+        need(buf, n as usize)?;
+        Ok(Some(StrBytes::from_utf8(buf.split_to(n as usize))?))
+    }
+
+    fn string(buf: &mut Bytes) -> anyhow::Result<StrBytes> {
+        nullable_string(buf)?.ok_or_else(|| anyhow::anyhow!("null in a non-nullable string"))
+    }
+
+    /// An array length, checked against what is left (each element takes at least
+    /// `min_size` bytes), so a lying length allocates nothing.
+    fn array_len(buf: &mut Bytes, min_size: usize) -> anyhow::Result<usize> {
+        let n = i32(buf)?;
+        anyhow::ensure!(n >= 0, "null or negative array length {n}");
+        let n = n as usize;
+        anyhow::ensure!(
+            n.saturating_mul(min_size) <= buf.remaining(),
+            "array of {n} elements in {} bytes",
+            buf.remaining()
+        );
+        Ok(n)
+    }
+
+    /// OffsetCommit v1: group, generation, member, then per partition offset, a client
+    /// commit timestamp (ignored: the broker stamps its own) and metadata.
+    pub fn offset_commit_v1(buf: &mut Bytes) -> anyhow::Result<OffsetCommitRequest> {
+        let group = string(buf)?;
+        let generation = i32(buf)?;
+        let member = string(buf)?;
+        let topics_len = array_len(buf, 6)?;
+        let mut topics = Vec::with_capacity(topics_len);
+        for _ in 0..topics_len {
+            let name = string(buf)?;
+            let parts_len = array_len(buf, 22)?;
+            let mut partitions = Vec::with_capacity(parts_len);
+            for _ in 0..parts_len {
+                let index = i32(buf)?;
+                let offset = i64(buf)?;
+                let _client_timestamp = i64(buf)?;
+                let metadata = nullable_string(buf)?;
+                partitions.push(
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(index)
+                        .with_committed_offset(offset)
+                        .with_committed_leader_epoch(-1)
+                        .with_committed_metadata(metadata),
+                );
+            }
+            topics.push(
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(name))
+                    .with_partitions(partitions),
+            );
+        }
+        Ok(OffsetCommitRequest::default()
+            .with_group_id(GroupId(group))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(member)
+            .with_retention_time_ms(-1)
+            .with_topics(topics))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    fn v1_frame(body: &[u8]) -> Bytes {
+        let mut f = BytesMut::new();
+        f.put_i16(ApiKey::OffsetCommit as i16);
+        f.put_i16(1);
+        f.put_i32(77);
+        f.put_i16(1);
+        f.put_slice(b"c");
+        f.put_slice(body);
+        f.freeze()
+    }
+
+    fn put_str(b: &mut BytesMut, s: &str) {
+        b.put_i16(s.len() as i16);
+        b.put_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn offset_commit_v1_is_decoded_by_hand() {
+        let mut body = BytesMut::new();
+        put_str(&mut body, "g");
+        body.put_i32(3);
+        put_str(&mut body, "m");
+        body.put_i32(1);
+        put_str(&mut body, "t");
+        body.put_i32(2);
+        for (p, o) in [(0, 10i64), (1, 20)] {
+            body.put_i32(p);
+            body.put_i64(o);
+            body.put_i64(-1);
+            if p == 0 {
+                put_str(&mut body, "meta");
+            } else {
+                body.put_i16(-1);
+            }
+        }
+        let frame = v1_frame(&body);
+        let prefix = parse_prefix(&frame, |_| Some((1, 9))).expect("prefix");
+        let (header, req) = decode(&prefix, frame).expect("decodes");
+        assert_eq!(header.correlation_id, 77);
+        let RequestKind::OffsetCommit(r) = req else {
+            panic!("not an OffsetCommit")
+        };
+        assert_eq!(r.group_id.as_str(), "g");
+        assert_eq!(r.generation_id_or_member_epoch, 3);
+        assert_eq!(r.member_id.as_str(), "m");
+        let parts = &r.topics[0].partitions;
+        assert_eq!(
+            (
+                parts[0].committed_offset,
+                parts[0].committed_metadata.as_deref()
+            ),
+            (10, Some("meta"))
+        );
+        assert_eq!(
+            (
+                parts[1].committed_offset,
+                parts[1].committed_metadata.as_deref()
+            ),
+            (20, None)
+        );
+        assert_eq!(response_encode_version(ApiKey::OffsetCommit, 1), 2);
+    }
+
+    #[test]
+    fn offset_commit_v1_lies_fail_cleanly() {
+        let mut body = BytesMut::new();
+        put_str(&mut body, "g");
+        body.put_i32(3);
+        put_str(&mut body, "m");
+        body.put_i32(i32::MAX); // topics
+        let frame = v1_frame(&body);
+        let prefix = parse_prefix(&frame, |_| Some((1, 9))).expect("prefix");
+        assert!(matches!(
+            decode(&prefix, frame),
+            Err(FrameError::Malformed(_))
+        ));
+        let frame = v1_frame(&[0, 5, b'a']);
+        let prefix = parse_prefix(&frame, |_| Some((1, 9))).expect("prefix");
+        assert!(matches!(
+            decode(&prefix, frame),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

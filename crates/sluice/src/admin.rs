@@ -37,6 +37,7 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    broker.refresh_group_metrics();
     (
         [(
             header::CONTENT_TYPE,

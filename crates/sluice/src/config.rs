@@ -91,6 +91,38 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// Partitions of the internal `__consumer_offsets` topic, used when it is first
+    /// created [offsets.topic.num.partitions] (default 50).
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_NUM_PARTITIONS", value_name = "N")]
+    pub offsets_topic_num_partitions: Option<i32>,
+    /// How long a new consumer group waits for more members before its first rebalance
+    /// [group.initial.rebalance.delay.ms] (default 3000).
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS"
+    )]
+    pub group_initial_rebalance_delay_ms: Option<i32>,
+    /// Smallest session timeout a group member may ask for [group.min.session.timeout.ms]
+    /// (default 6000).
+    #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout a group member may ask for [group.max.session.timeout.ms]
+    /// (default 1800000).
+    #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub group_max_session_timeout_ms: Option<i32>,
+    /// How long committed offsets of an empty group are kept [offsets.retention.minutes]
+    /// (default 10080, 7 days).
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_MINUTES", value_name = "MIN")]
+    pub offsets_retention_minutes: Option<i64>,
+    /// How often expired offsets are removed [offsets.retention.check.interval.ms]
+    /// (default 600000).
+    #[arg(
+        long,
+        env = "SLUICE_OFFSETS_RETENTION_CHECK_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub offsets_retention_check_interval_ms: Option<u64>,
     /// Log filter, as RUST_LOG [log.level] (default info).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -175,6 +207,12 @@ const KNOWN_KEYS: &[&str] = &[
     "log.index.interval.bytes",
     "log.retention.check.interval.ms",
     "log.level",
+    "offsets.topic.num.partitions",
+    "group.initial.rebalance.delay.ms",
+    "group.min.session.timeout.ms",
+    "group.max.session.timeout.ms",
+    "offsets.retention.minutes",
+    "offsets.retention.check.interval.ms",
 ];
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
@@ -335,7 +373,54 @@ impl Cli {
                 d.log_retention_check_interval.as_millis() as u64
             )),
             fsync,
+            offsets_topic_num_partitions: pick!(
+                self.offsets_topic_num_partitions,
+                "offsets.topic.num.partitions",
+                d.offsets_topic_num_partitions
+            ),
+            group_initial_rebalance_delay_ms: pick!(
+                self.group_initial_rebalance_delay_ms,
+                "group.initial.rebalance.delay.ms",
+                d.group_initial_rebalance_delay_ms
+            ),
+            group_min_session_timeout_ms: pick!(
+                self.group_min_session_timeout_ms,
+                "group.min.session.timeout.ms",
+                d.group_min_session_timeout_ms
+            ),
+            group_max_session_timeout_ms: pick!(
+                self.group_max_session_timeout_ms,
+                "group.max.session.timeout.ms",
+                d.group_max_session_timeout_ms
+            ),
+            offset_metadata_max_bytes: d.offset_metadata_max_bytes,
+            group_max_size: d.group_max_size,
+            offsets_retention_minutes: pick!(
+                self.offsets_retention_minutes,
+                "offsets.retention.minutes",
+                d.offsets_retention_minutes
+            ),
+            offsets_retention_check_interval_ms: pick!(
+                self.offsets_retention_check_interval_ms,
+                "offsets.retention.check.interval.ms",
+                d.offsets_retention_check_interval_ms
+            ),
         };
+        if broker.offsets_retention_minutes < 1 {
+            bail!("offsets.retention.minutes must be at least 1");
+        }
+        if broker.offsets_retention_check_interval_ms == 0 {
+            bail!("offsets.retention.check.interval.ms must be positive");
+        }
+        if !(1..=1000).contains(&broker.offsets_topic_num_partitions) {
+            bail!("offsets.topic.num.partitions must be between 1 and 1000");
+        }
+        if broker.group_initial_rebalance_delay_ms < 0 {
+            bail!("group.initial.rebalance.delay.ms must not be negative");
+        }
+        if broker.group_min_session_timeout_ms > broker.group_max_session_timeout_ms {
+            bail!("group.min.session.timeout.ms is larger than group.max.session.timeout.ms");
+        }
         if broker.num_partitions < 1 {
             bail!("num.partitions must be at least 1");
         }

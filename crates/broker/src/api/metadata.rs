@@ -53,7 +53,8 @@ async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> 
     };
     let mut topics = Vec::new();
     if all {
-        for t in broker.topics.all() {
+        // Internal topics (__consumer_offsets) are listed only when asked for by name.
+        for t in broker.topics.all().into_iter().filter(|t| !t.internal) {
             topics.push(topic_metadata(broker, &t, topic_ops));
         }
     } else {

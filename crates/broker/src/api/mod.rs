@@ -5,6 +5,7 @@
 //! returned; the rest runs concurrently with later requests.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::Broker;
 
 pub mod configs;
 pub mod fetch;
+pub mod groups;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
@@ -39,6 +41,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetCommit, 1, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
@@ -65,6 +78,17 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "Other",
     }
 }
@@ -74,7 +98,12 @@ fn ready(r: ResponseKind) -> Reply {
 }
 
 /// Routes a decoded request to its handler.
-pub fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, request: RequestKind) -> Reply {
+pub fn dispatch(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    peer: SocketAddr,
+    request: RequestKind,
+) -> Reply {
     let v = header.request_api_version;
     match request {
         RequestKind::ApiVersions(_) => {
@@ -105,6 +134,27 @@ pub fn dispatch(broker: &Arc<Broker>, header: &RequestHeader, request: RequestKi
         RequestKind::IncrementalAlterConfigs(r) => {
             configs::incremental_alter_configs(broker.clone(), r)
         }
+        RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(broker, r, v),
+        )),
+        RequestKind::JoinGroup(r) => groups::join_group(broker, header, peer, r, v),
+        RequestKind::SyncGroup(r) => groups::sync_group(broker, r),
+        RequestKind::Heartbeat(r) => ready(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
+        RequestKind::LeaveGroup(r) => {
+            ready(ResponseKind::LeaveGroup(groups::leave_group(broker, r, v)))
+        }
+        RequestKind::OffsetCommit(r) => groups::offset_commit(broker, r),
+        RequestKind::OffsetFetch(r) => ready(ResponseKind::OffsetFetch(groups::offset_fetch(
+            broker, r, v,
+        ))),
+        RequestKind::ListGroups(r) => {
+            ready(ResponseKind::ListGroups(groups::list_groups(broker, r)))
+        }
+        RequestKind::DescribeGroups(r) => ready(ResponseKind::DescribeGroups(
+            groups::describe_groups(broker, r, v),
+        )),
+        RequestKind::DeleteGroups(r) => groups::delete_groups(broker, r),
+        RequestKind::OffsetDelete(r) => groups::offset_delete(broker, r),
         // `supported_versions` lets nothing else through; answer nothing rather than guess.
         _ => Box::pin(std::future::ready(None)),
     }

@@ -70,6 +70,13 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                 ));
                 continue;
             };
+            if topic.internal {
+                parts.push(answer(
+                    codes::INVALID_TOPIC_EXCEPTION,
+                    format!("cannot produce to internal topic '{name}'"),
+                ));
+                continue;
+            }
             let Some(partition) = topic.partition(index) else {
                 parts.push(answer(
                     codes::UNKNOWN_TOPIC_OR_PARTITION,

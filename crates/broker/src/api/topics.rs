@@ -182,7 +182,12 @@ pub fn delete_topics(broker: Arc<Broker>, req: DeleteTopicsRequest, version: i16
                 .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
                 .with_topic_id(topic.id);
             results.push(match broker.topics.delete(&topic.name).await {
-                Ok(()) => base,
+                Ok(()) => {
+                    // As Kafka does: committed offsets of a deleted topic go with it, so a
+                    // topic created again under the name starts without them.
+                    broker.groups().forget_topic(&topic.name);
+                    base
+                }
                 Err(e) => {
                     broker.count_error(ApiKey::DeleteTopics, e.code);
                     base.with_error_code(e.code)
