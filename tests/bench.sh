@@ -6,12 +6,16 @@
 # line per phase on stdout; everything else goes to stderr. Figures go to docs/benchmarks.md.
 #
 #   RECORDS=2000000 tests/bench.sh        # records per phase (default 2,000,000)
+#   COMMITS=10000 ASYNC_COMMITS=50000 REBALANCE_ROUNDS=7 tests/bench.sh   # group phases
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:=/var/cache/sluice/target}"
 SLUICE="$CARGO_TARGET_DIR/release/sluice"
 BENCH="$CARGO_TARGET_DIR/release/sluice-bench"
 RECORDS="${RECORDS:-2000000}"
+COMMITS="${COMMITS:-10000}"
+ASYNC_COMMITS="${ASYNC_COMMITS:-50000}"
+REBALANCE_ROUNDS="${REBALANCE_ROUNDS:-7}"
 PORT="${BENCH_PORT:-19092}"
 ADMIN_PORT="${BENCH_ADMIN_PORT:-19644}"
 BOOT="127.0.0.1:$PORT"
@@ -85,4 +89,31 @@ bench --mode produce --topic bench-idle --partitions 100 --records 10000 --recor
 sleep 5
 rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$PID/status")
 echo "{\"phase\":\"idle with 100 partitions\",\"broker_rss_mib\":$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')}"
+stop_node
+
+# 5. Offset commits: one group member assigned all 100 partitions of a topic commits a new
+#    offset for every partition per OffsetCommit request, synchronously (one at a time,
+#    latency per commit), then asynchronously (all sent without waiting but the last).
+start_node
+bench --mode commit --topic bench-commit --partitions 100 --commits "$COMMITS" \
+  --commit-mode sync | sed 's/^{/{"phase":"offset commit, sync, 100 partitions",/'
+bench --mode commit --topic bench-commit --partitions 100 --commits "$ASYNC_COMMITS" \
+  --commit-mode async | sed 's/^{/{"phase":"offset commit, async, 100 partitions",/'
+stop_node
+
+# 6. Rebalance of a 10-member group on 20 partitions: all join from nothing (includes the
+#    broker's group.initial.rebalance.delay.ms, 3 s), then repeatedly one member leaves
+#    (close) and the time until the other nine own all partitions is measured; a new member
+#    then joins (also timed). The others learn of a rebalance only from their next heartbeat,
+#    so heartbeat.interval.ms (librdkafka default 3000) is run at its default and at 500.
+start_node
+bench --mode rebalance --topic bench-rebalance --partitions 20 --members 10 \
+  --rounds "$REBALANCE_ROUNDS" --assignor range |
+  sed 's/^{/{"phase":"rebalance, 10 members, range, heartbeat.interval.ms=3000",/'
+bench --mode rebalance --topic bench-rebalance --partitions 20 --members 10 \
+  --rounds "$REBALANCE_ROUNDS" --assignor range --consumer-prop heartbeat.interval.ms=500 |
+  sed 's/^{/{"phase":"rebalance, 10 members, range, heartbeat.interval.ms=500",/'
+bench --mode rebalance --topic bench-rebalance --partitions 20 --members 10 \
+  --rounds "$REBALANCE_ROUNDS" --assignor cooperative-sticky |
+  sed 's/^{/{"phase":"rebalance, 10 members, cooperative-sticky, heartbeat.interval.ms=3000",/'
 stop_node

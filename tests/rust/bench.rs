@@ -10,10 +10,18 @@
 //! Broker CPU and RSS come from `/proc/<pid>` when `--broker-pid` is given; the peak RSS
 //! (VmHWM) is the broker's lifetime peak, not the phase's.
 //!
-//! Exit status 1 if any record failed or the consumer fell short.
+//! `--mode commit`: one group member owning every partition of the topic sends `--commits`
+//! OffsetCommit requests (each with an offset per partition), sync or async; prints
+//! `{"mode":"commit","commits_per_sec":..,"partition_offsets_per_sec":..,"p50_ms":..,..}`.
+//! `--mode rebalance`: `--members` consumers join one group, then `--rounds` times one leaves
+//! (close) and one joins; prints `{"mode":"rebalance","join_all_ms":..,
+//! "leave_rebalance_ms":[..],"leave_rebalance_median_ms":..,..}`.
+//!
+//! Exit status 1 if any record or commit failed or the consumer fell short.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -22,7 +30,7 @@ use rand::Rng;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
@@ -35,12 +43,22 @@ enum Mode {
     Produce,
     Consume,
     Both,
+    /// Offset commits of one group member covering every partition of the topic.
+    Commit,
+    /// Rebalance times of a group of `--members` consumers.
+    Rebalance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CommitMode {
+    Sync,
+    Async,
 }
 
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice-bench",
-    about = "Kafka producer/consumer throughput and latency tool"
+    about = "Kafka producer/consumer throughput and latency, offset commit and rebalance tool"
 )]
 struct Args {
     /// bootstrap.servers
@@ -88,6 +106,21 @@ struct Args {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5)]
     report_secs: u64,
+    /// Commit mode: OffsetCommit requests (each covering every partition of the topic).
+    #[arg(long, default_value_t = 2000)]
+    commits: u64,
+    /// Commit mode: wait for each commit (sync), or send all without waiting but the last (async).
+    #[arg(long, value_enum, default_value_t = CommitMode::Sync)]
+    commit_mode: CommitMode,
+    /// Rebalance mode: consumers in the group.
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Rebalance mode: times one member leaves (and a new one takes its place).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Commit and rebalance modes: partition.assignment.strategy of the group's consumers.
+    #[arg(long, default_value = "range", value_parser = ["range", "roundrobin", "cooperative-sticky"])]
+    assignor: String,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -117,6 +150,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if matches!(args.mode, Mode::Consume | Mode::Both) {
         ok &= consume(args)?;
+    }
+    if args.mode == Mode::Commit {
+        ensure_topic(args)?;
+        ok &= commit(args)?;
+    }
+    if args.mode == Mode::Rebalance {
+        ensure_topic(args)?;
+        ok &= rebalance(args)?;
     }
     Ok(ok)
 }
@@ -401,6 +442,392 @@ fn consume(args: &Args) -> anyhow::Result<bool> {
 }
 
 // ---------------------------------------------------------------------------
+// Commit
+// ---------------------------------------------------------------------------
+
+/// One member joins a group subscribed to the topic, waits for all partitions, then sends
+/// `--commits` OffsetCommit requests, each with a new offset for every partition.
+fn commit(args: &Args) -> anyhow::Result<bool> {
+    let mut cfg = base_config(args);
+    let group = format!("sluice-bench-commit-{}", std::process::id());
+    cfg.set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", &args.assignor);
+    for (k, v) in &args.consumer_props {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg.create().context("consumer")?;
+    let parts = partitions_of(consumer.client(), &args.topic)?;
+    consumer.subscribe(&[&args.topic]).context("subscribe")?;
+    let join_started = Instant::now();
+    let deadline = join_started + Duration::from_secs(args.timeout_secs);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) < parts as usize {
+        if Instant::now() > deadline {
+            bail!("no assignment of all {parts} partitions");
+        }
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(50)) {
+            eprintln!("consumer error: {e}");
+        }
+    }
+    let join_ms = join_started.elapsed().as_secs_f64() * 1e3;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(&args.topic, p, Offset::Offset(0))
+            .context("offsets")?;
+    }
+
+    let mut hist = Histogram::new();
+    let mut errors = 0u64;
+    let mut first_error = None;
+    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let started = Instant::now();
+    let mut progress = Progress::new(args.report_secs);
+    for i in 1..=args.commits {
+        tpl.set_all_offsets(Offset::Offset(i as i64))
+            .context("offsets")?;
+        // Async: librdkafka reports the result of an rd_kafka_commit(async) only to an
+        // offset_commit_cb, which rdkafka does not install, so all but the last commit are
+        // sent without waiting and the last one is synchronous. The broker answers one
+        // connection's requests in order, so when it returns every commit has been answered.
+        let sync = args.commit_mode == CommitMode::Sync || i == args.commits;
+        let t = Instant::now();
+        let r = consumer.commit(
+            &tpl,
+            if sync {
+                rdkafka::consumer::CommitMode::Sync
+            } else {
+                rdkafka::consumer::CommitMode::Async
+            },
+        );
+        if sync {
+            hist.record(t.elapsed().as_micros() as u64);
+        } else {
+            consumer.poll(Duration::ZERO);
+        }
+        if let Err(e) = r {
+            errors += 1;
+            first_error.get_or_insert_with(|| e.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {i} commits");
+        }
+        progress.tick("commit", i, started);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+
+    // The last commit must be what the group reads back.
+    let committed = consumer
+        .committed(Duration::from_secs(10))
+        .context("OffsetFetch")?;
+    let read_back_ok = committed.count() == parts as usize
+        && committed
+            .elements()
+            .iter()
+            .all(|e| e.offset() == Offset::Offset(args.commits as i64));
+    if !read_back_ok {
+        eprintln!("committed offsets read back do not match the last commit: {committed:?}");
+    }
+    let is_sync = args.commit_mode == CommitMode::Sync;
+    let mut out = json!({
+        "mode": "commit",
+        "commit_mode": if is_sync { "sync" } else { "async" },
+        "commits": args.commits,
+        "errors": errors,
+        "partitions": parts,
+        "commits_per_sec": round(args.commits as f64 / elapsed, 1),
+        "partition_offsets_per_sec": round(args.commits as f64 * parts as f64 / elapsed, 1),
+        "p50_ms": is_sync.then(|| hist.percentile_ms(0.50)).flatten(),
+        "p99_ms": is_sync.then(|| hist.percentile_ms(0.99)).flatten(),
+        "max_ms": is_sync.then(|| hist.max_ms()).flatten(),
+        "mean_ms": is_sync.then(|| hist.mean_ms()).flatten(),
+        "elapsed_s": round(elapsed, 3),
+        "join_ms": round(join_ms, 1),
+        "read_back_ok": read_back_ok,
+        "assignor": args.assignor,
+        "topic": args.topic,
+    });
+    add_broker_stats(&mut out, broker_before, broker_after, args.commits);
+    // Per million commits is not a useful unit here: per thousand.
+    if let Some(per_m) = out["broker_cpu_s_per_million"].as_f64() {
+        out["broker_cpu_ms_per_commit"] = json!(round(per_m / 1e3, 4));
+    }
+    out.as_object_mut()
+        .expect("object")
+        .remove("broker_cpu_s_per_million");
+    println!("{out}");
+    if let Some(e) = first_error {
+        eprintln!("{errors} commits failed; first error: {e}");
+    }
+    Ok(errors == 0 && read_back_ok)
+}
+
+// ---------------------------------------------------------------------------
+// Rebalance
+// ---------------------------------------------------------------------------
+
+/// What every member currently owns, as its rebalance callbacks report it.
+struct Group {
+    /// Per member (by index): `Some` while it takes part, `None` once it was told to leave.
+    owned: Vec<Option<BTreeSet<i32>>>,
+    /// Members asked to leave: index → when they were asked.
+    leave: Vec<Option<Instant>>,
+    /// When each leaving member's thread called close.
+    close_started: Vec<Option<Instant>>,
+}
+
+struct Shared {
+    group: Mutex<Group>,
+    changed: Condvar,
+}
+
+struct MemberContext {
+    idx: usize,
+    cooperative: bool,
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut g = self.shared.group.lock().expect("group lock");
+        let Some(owned) = g.owned[self.idx].as_mut() else {
+            return; // leaving: its own revocation is not part of the group's state
+        };
+        let parts = |tpl: &TopicPartitionList| -> Vec<i32> {
+            tpl.elements().iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if !self.cooperative {
+                    owned.clear();
+                }
+                owned.extend(parts(tpl));
+            }
+            Rebalance::Revoke(tpl) => {
+                if self.cooperative {
+                    for p in parts(tpl) {
+                        owned.remove(&p);
+                    }
+                } else {
+                    owned.clear();
+                }
+            }
+            Rebalance::Error(e) => eprintln!("member {}: rebalance error {e}", self.idx),
+        }
+        drop(g);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The members still in the group own every partition exactly once, and evenly (each
+/// `floor(P/M)` or `ceil(P/M)`): the state a rebalance ends in with range, roundrobin and
+/// cooperative-sticky alike.
+fn settled(g: &Group, partitions: i32) -> bool {
+    let active: Vec<&BTreeSet<i32>> = g.owned.iter().flatten().collect();
+    if active.is_empty() {
+        return false;
+    }
+    let total: usize = active.iter().map(|s| s.len()).sum();
+    let union: BTreeSet<i32> = active.iter().flat_map(|s| s.iter().copied()).collect();
+    let lo = partitions as usize / active.len();
+    let hi = lo + usize::from(!(partitions as usize).is_multiple_of(active.len()));
+    total == partitions as usize
+        && union.len() == partitions as usize
+        && active.iter().all(|s| (lo..=hi).contains(&s.len()))
+}
+
+fn spawn_member(
+    args: &Args,
+    group_id: &str,
+    idx: usize,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<f64>>> {
+    let mut cfg = base_config(args);
+    cfg.set("group.id", group_id)
+        .set("client.id", format!("sluice-bench-member-{idx}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", &args.assignor);
+    for (k, v) in &args.consumer_props {
+        cfg.set(k, v);
+    }
+    let ctx = MemberContext {
+        idx,
+        cooperative: args.assignor == "cooperative-sticky",
+        shared: shared.clone(),
+    };
+    let consumer: BaseConsumer<MemberContext> = cfg.create_with_context(ctx).context("consumer")?;
+    consumer.subscribe(&[&args.topic]).context("subscribe")?;
+    let shared = shared.clone();
+    Ok(std::thread::spawn(move || {
+        // Poll (rebalance callbacks run in here) until told to leave; then close, which
+        // revokes, sends LeaveGroup and waits for librdkafka to finish. Returns the close's ms.
+        loop {
+            if shared.group.lock().expect("group lock").leave[idx].is_some() {
+                break;
+            }
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(20)) {
+                eprintln!("member {idx}: consumer error {e}");
+            }
+        }
+        let t = Instant::now();
+        shared.group.lock().expect("group lock").close_started[idx] = Some(t);
+        drop(consumer);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }))
+}
+
+/// Waits until the group has settled; when it was seen settled.
+fn wait_settled(shared: &Shared, partitions: i32, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut g = shared.group.lock().expect("group lock");
+    while !settled(&g, partitions) {
+        let now = Instant::now();
+        if now > deadline {
+            bail!("group did not settle within {timeout:?}: {:?}", g.owned);
+        }
+        g = shared
+            .changed
+            .wait_timeout(g, deadline - now)
+            .expect("group lock")
+            .0;
+    }
+    Ok(Instant::now())
+}
+
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+fn median_max(v: &[f64]) -> (Option<f64>, Option<f64>) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = match s.len() {
+        0 => None,
+        n if !n.is_multiple_of(2) => Some(s[n / 2]),
+        n => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    };
+    (median.map(|m| round(m, 1)), s.last().map(|m| round(*m, 1)))
+}
+
+/// `--members` consumers join one group from nothing (timed until all partitions are spread
+/// evenly over all of them); then `--rounds` times the longest-serving member leaves (close)
+/// and the time until the others own all partitions again is measured, after which a new
+/// member joins to restore the group's size (also timed).
+fn rebalance(args: &Args) -> anyhow::Result<bool> {
+    let parts = {
+        let probe: BaseConsumer = base_config(args).create().context("metadata client")?;
+        partitions_of(probe.client(), &args.topic)?
+    };
+    if args.members == 0 || args.members > parts as usize {
+        bail!("--members must be between 1 and the partition count ({parts})");
+    }
+    let group_id = format!("sluice-bench-rebalance-{}", std::process::id());
+    let slots = args.members + args.rounds;
+    let shared = Arc::new(Shared {
+        group: Mutex::new(Group {
+            owned: vec![None; slots],
+            leave: vec![None; slots],
+            close_started: vec![None; slots],
+        }),
+        changed: Condvar::new(),
+    });
+    let timeout = Duration::from_secs(args.timeout_secs.min(120));
+    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+
+    let mut threads = Vec::new();
+    let started = Instant::now();
+    for idx in 0..args.members {
+        shared.group.lock().expect("group lock").owned[idx] = Some(BTreeSet::new());
+        threads.push(spawn_member(args, &group_id, idx, &shared)?);
+    }
+    let join_all_ms = ms_between(started, wait_settled(&shared, parts, timeout)?);
+    eprintln!("{} members joined in {join_all_ms:.0} ms", args.members);
+
+    let (mut leave_ms, mut close_ms, mut rejoin_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rng = rand::thread_rng();
+    for round in 0..args.rounds {
+        // Leave at a random point of the members' heartbeat cycle: their heartbeats are in
+        // step (they all got their assignment at the same moment), and the rest learn of the
+        // rebalance only from their next heartbeat, so a fixed pause would measure the pause.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..3500)));
+        let t0 = Instant::now();
+        {
+            let mut g = shared.group.lock().expect("group lock");
+            g.owned[round] = None;
+            g.leave[round] = Some(t0);
+        }
+        let at = wait_settled(&shared, parts, timeout)?;
+        let close_started = shared.group.lock().expect("group lock").close_started[round];
+        let ms = ms_between(close_started.unwrap_or(t0), at);
+        let closed = std::mem::replace(&mut threads[round], std::thread::spawn(|| Ok(0.0)))
+            .join()
+            .map_err(|_| anyhow::anyhow!("member thread panicked"))??;
+        eprintln!("round {round}: member {round} left; rebalanced in {ms:.0} ms (close took {closed:.0} ms)");
+        leave_ms.push(ms);
+        close_ms.push(closed);
+
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..3500)));
+        let idx = args.members + round;
+        let t1 = Instant::now();
+        shared.group.lock().expect("group lock").owned[idx] = Some(BTreeSet::new());
+        threads.push(spawn_member(args, &group_id, idx, &shared)?);
+        let ms = ms_between(t1, wait_settled(&shared, parts, timeout)?);
+        eprintln!("round {round}: member {idx} joined; rebalanced in {ms:.0} ms");
+        rejoin_ms.push(ms);
+    }
+    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    {
+        let mut g = shared.group.lock().expect("group lock");
+        for (i, l) in g.leave.iter_mut().enumerate() {
+            if l.is_none() && i < args.members + args.rounds {
+                *l = Some(Instant::now());
+            }
+        }
+        g.owned.iter_mut().for_each(|o| *o = None);
+    }
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("member thread panicked"))??;
+    }
+
+    let (leave_median, leave_max) = median_max(&leave_ms);
+    let (rejoin_median, rejoin_max) = median_max(&rejoin_ms);
+    let r1 = |v: &[f64]| v.iter().map(|x| round(*x, 1)).collect::<Vec<_>>();
+    let props: serde_json::Map<String, serde_json::Value> = args
+        .consumer_props
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let mut out = json!({
+        "mode": "rebalance",
+        "members": args.members,
+        "partitions": parts,
+        "assignor": args.assignor,
+        "consumer_props": props,
+        "join_all_ms": round(join_all_ms, 1),
+        "leave_rebalance_ms": r1(&leave_ms),
+        "leave_rebalance_median_ms": leave_median,
+        "leave_rebalance_max_ms": leave_max,
+        "close_ms": r1(&close_ms),
+        "join_one_rebalance_ms": r1(&rejoin_ms),
+        "join_one_rebalance_median_ms": rejoin_median,
+        "join_one_rebalance_max_ms": rejoin_max,
+        "topic": args.topic,
+    });
+    add_broker_stats(&mut out, broker_before, broker_after, 0);
+    out.as_object_mut()
+        .expect("object")
+        .remove("broker_cpu_s_per_million");
+    println!("{out}");
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------
 // Progress, broker stats, histogram
 // ---------------------------------------------------------------------------
 
@@ -649,6 +1076,37 @@ mod tests {
         assert!((9900..=10_000).contains(&p99), "p99 {p99}");
         assert_eq!(h.percentile_us(1.0), Some(10_000));
         assert_eq!(h.mean_ms(), Some(5.005));
+    }
+
+    #[test]
+    fn a_group_is_settled_when_partitions_are_spread_evenly_once() {
+        let set = |v: &[i32]| Some(v.iter().copied().collect::<BTreeSet<i32>>());
+        let g = |owned: Vec<Option<BTreeSet<i32>>>| Group {
+            leave: vec![None; owned.len()],
+            close_started: vec![None; owned.len()],
+            owned,
+        };
+        assert!(settled(&g(vec![set(&[0, 1]), set(&[2]), None]), 3));
+        // Members that left do not count; one member with nothing is not settled.
+        assert!(!settled(&g(vec![set(&[0, 1, 2]), set(&[])]), 3));
+        assert!(
+            !settled(&g(vec![set(&[0, 1]), set(&[1, 2])]), 3),
+            "owned twice"
+        );
+        assert!(!settled(&g(vec![set(&[0]), set(&[1])]), 3), "orphaned");
+        assert!(!settled(&g(vec![None, None]), 3));
+        assert!(settled(&g(vec![set(&[0, 1, 2]), set(&[3, 4])]), 5));
+        assert!(
+            !settled(&g(vec![set(&[0, 1, 2, 3]), set(&[4])]), 5),
+            "uneven"
+        );
+    }
+
+    #[test]
+    fn median_and_max() {
+        assert_eq!(median_max(&[]), (None, None));
+        assert_eq!(median_max(&[3.0, 1.0, 2.0]), (Some(2.0), Some(3.0)));
+        assert_eq!(median_max(&[4.0, 1.0, 2.0, 3.0]), (Some(2.5), Some(4.0)));
     }
 
     #[test]
