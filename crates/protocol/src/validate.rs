@@ -85,6 +85,12 @@ pub fn produce_batches(
         if !batch::validate_crc(raw) {
             return Err((codes::CORRUPT_MESSAGE, "record batch CRC mismatch".into()));
         }
+        if let batch::Compression::Unknown(id) = header.compression() {
+            return Err((
+                codes::CORRUPT_MESSAGE,
+                format!("unknown compression codec id {id}"),
+            ));
+        }
         if header.records_count < 1
             || i64::from(header.last_offset_delta) != i64::from(header.records_count) - 1
         {
@@ -128,4 +134,71 @@ fn set_log_append_time(b: &mut [u8], ts: i64) {
     b[35..43].copy_from_slice(&ts.to_be_bytes());
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn one_record_batch() -> BytesMut {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from_static(b"value")),
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &opts).expect("encode");
+        buf
+    }
+
+    /// Sets the compression bits of the attributes and recomputes the CRC, so only the codec
+    /// id is wrong.
+    fn with_codec(mut b: BytesMut, id: u16) -> Bytes {
+        let attrs = (u16::from_be_bytes([b[21], b[22]]) & !0x7) | id;
+        b[21..23].copy_from_slice(&attrs.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+
+    #[test]
+    fn accepts_a_valid_batch() {
+        let v = produce_batches(&one_record_batch().freeze(), 1 << 20, None).expect("valid");
+        assert_eq!((v.batches.len(), v.records), (1, 1));
+    }
+
+    #[test]
+    fn refuses_unknown_compression_codecs() {
+        for id in 5..=7 {
+            let err = produce_batches(&with_codec(one_record_batch(), id), 1 << 20, None)
+                .expect_err("unknown codec must be refused");
+            assert_eq!(err.0, codes::CORRUPT_MESSAGE, "codec {id}: {}", err.1);
+        }
+    }
+
+    #[test]
+    fn refuses_a_flipped_byte() {
+        let mut b = one_record_batch();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        let err = produce_batches(&b.freeze(), 1 << 20, None).expect_err("bad CRC");
+        assert_eq!(err.0, codes::CORRUPT_MESSAGE);
+    }
 }
