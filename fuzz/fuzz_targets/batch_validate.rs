@@ -97,8 +97,9 @@ fn build_and_mutate(input: &mut Cursor<'_>, refix_crc: bool) -> (Vec<u8>, bool) 
     let mut acceptable = true;
     for i in 0..1 + input.u8() % 3 {
         let attributes = i16::from(input.u8());
-        // Control (0x20) and transactional (0x10) batches are refused from clients.
-        acceptable &= attributes & 0x30 == 0;
+        // Control (0x20) and transactional (0x10) batches are refused from clients, and so
+        // are codec ids Kafka does not define (5-7 in the low three bits).
+        acceptable &= attributes & 0x30 == 0 && attributes & 0x7 <= 4;
         out.extend_from_slice(&build_batch(&BatchSpec {
             base_offset: i64::from(i),
             records: 1 + i32::from(input.u8() % 8),
