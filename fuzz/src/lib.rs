@@ -3,47 +3,14 @@
 //! builder of valid record batches v2 for targets that mutate valid input.
 //!
 //! Never depends on the broker crate (it would pull in RocksDB and Raft); the version table is
-//! a copy, checked against the broker's by `tests/fuzz-smoke.sh`.
+//! the broker's own, from `protocol::versions`.
 
 use kafka_protocol::messages::ApiKey;
 
-/// Copy of `SUPPORTED` in `crates/broker/src/api/mod.rs`: (API, min version, max version).
-/// Keep the lines textually identical; the smoke script diffs them.
-pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 12),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 10),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::OffsetCommit, 1, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::FindCoordinator, 0, 6),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-];
+pub use protocol::versions::SUPPORTED;
 
 /// The broker's version check, as `protocol::request::parse_prefix` wants it.
-pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map(|(_, min, max)| (*min, *max))
-}
+pub use protocol::versions::supported_versions as supported;
 
 /// Every supported (API, version) pair, in table order.
 pub fn version_pairs() -> Vec<(ApiKey, i16)> {

@@ -171,3 +171,16 @@ pub enum Error {
     #[error("corrupt metadata: {0}")]
     Metadata(String),
 }
+
+/// A Kafka string field from a `&str`.
+pub(crate) fn sb(s: &str) -> kafka_protocol::protocol::StrBytes {
+    kafka_protocol::protocol::StrBytes::from_string(s.to_string())
+}
+
+/// Wall-clock milliseconds since the Unix epoch (Kafka timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

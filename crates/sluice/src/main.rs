@@ -115,7 +115,7 @@ async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let b = broker.clone();
-        let now = broker::api::produce::now_ms();
+        let now = broker::now_ms();
         let _ = tokio::task::spawn_blocking(move || b.topics.enforce_retention(now)).await;
     }
 }

@@ -21,14 +21,20 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 
 use super::{codes, Reply};
 use crate::groups::{CommitItem, JoinArgs, JoinOutcome, SyncOutcome};
 use crate::Broker;
 
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
+use crate::sb;
+
+/// OffsetFetch's (offset, leader epoch, metadata) for a partition; -1s when nothing is
+/// committed.
+fn committed_fields(v: Option<crate::groups::store::OffsetValue>) -> (i64, i32, String) {
+    match v {
+        Some(v) => (v.offset, v.leader_epoch, v.metadata),
+        None => (-1, -1, String::new()),
+    }
 }
 
 /// Group operations allowed without ACLs: READ, DELETE, DESCRIBE (Kafka's AclOperation bits).
@@ -314,12 +320,7 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                                         parts
                                             .into_iter()
                                             .map(|(p, v)| {
-                                                let (o, e, m) = match v {
-                                                    Some(v) => {
-                                                        (v.offset, v.leader_epoch, v.metadata)
-                                                    }
-                                                    None => (-1, -1, String::new()),
-                                                };
+                                                let (o, e, m) = committed_fields(v);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
                                                     .with_committed_offset(o)
@@ -351,10 +352,7 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                         parts
                             .into_iter()
                             .map(|(p, v)| {
-                                let (o, e, m) = match v {
-                                    Some(v) => (v.offset, v.leader_epoch, v.metadata),
-                                    None => (-1, -1, String::new()),
-                                };
+                                let (o, e, m) = committed_fields(v);
                                 OffsetFetchResponsePartition::default()
                                     .with_partition_index(p)
                                     .with_committed_offset(o)

@@ -11,7 +11,6 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest,
     MetadataResponse, ResponseKind, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
 
 use super::{codes, Reply};
 use crate::topics::{validate_topic_name, Topic};
@@ -26,9 +25,7 @@ const TOPIC_OPS_ALL: i32 =
 const CLUSTER_OPS_ALL: i32 =
     (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
-fn str(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
+use crate::sb as str;
 
 pub fn metadata(broker: Arc<Broker>, req: MetadataRequest, version: i16) -> Reply {
     Box::pin(async move {

@@ -27,12 +27,7 @@ fn failed(index: i32, code: i16, message: impl Into<String>) -> PartitionProduce
         .with_error_message(Some(StrBytes::from_string(message.into())))
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Reply {
     let acks = req.acks;

@@ -25,7 +25,6 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -49,13 +48,7 @@ pub fn partition_for(group: &str, partitions: usize) -> usize {
     abs as usize % partitions.max(1)
 }
 
-fn now_ms() -> i64 {
-    crate::api::produce::now_ms()
-}
-
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
+use crate::{now_ms, sb};
 
 /// Coordinator settings (Kafka's names).
 #[derive(Debug, Clone)]
