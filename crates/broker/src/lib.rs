@@ -52,7 +52,8 @@ impl Broker {
             }
         };
         let producer_ids = ProducerIds::open(meta.clone())?;
-        let topics = TopicManager::open(&config, meta, &metrics)?;
+        let raft = raft::RaftNode::single(meta.clone());
+        let topics = TopicManager::open(&config, meta, raft, &metrics)?;
         let groups = open_groups(&config, &topics)?;
         Ok(Arc::new(Broker {
             config,

@@ -143,6 +143,10 @@ impl BatchFilter for ProducerTable {
         }
     }
 
+    fn clear(&mut self) {
+        self.producers.clear();
+    }
+
     fn appended(&mut self, batch: &[u8], base_offset: i64, _last_offset: i64) {
         let Ok(h) = BatchHeader::parse(batch) else {
             return;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft::{LogConfig, Partition, PartitionOptions};
+use raft::{LogConfig, Partition, PartitionOptions, RaftNode};
 use serde::{Deserialize, Serialize};
 use storage::MetaStore;
 use uuid::Uuid;
@@ -118,11 +118,17 @@ pub struct TopicManager {
     metrics: Metrics,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     admin: tokio::sync::Mutex<()>,
+    raft: RaftNode,
 }
 
 impl TopicManager {
     /// Loads every topic from the metadata store and opens its partitions.
-    pub fn open(broker: &BrokerConfig, meta: MetaStore, metrics: &Metrics) -> Result<Self, Error> {
+    pub fn open(
+        broker: &BrokerConfig,
+        meta: MetaStore,
+        raft: RaftNode,
+        metrics: &Metrics,
+    ) -> Result<Self, Error> {
         let log_dir = broker.data_dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
         remove_deleted_dirs(&log_dir);
@@ -135,7 +141,7 @@ impl TopicManager {
             let config = ResolvedConfig::resolve(&rec.configs, broker);
             let mut partitions = Vec::with_capacity(rec.partitions as usize);
             for p in 0..rec.partitions {
-                partitions.push(open_partition(&log_dir, &name, p, &config, broker)?);
+                partitions.push(open_partition(&log_dir, &name, p, &config, broker, &raft)?);
             }
             let topic = Topic {
                 metrics: TopicMetrics::new(metrics, &name),
@@ -156,6 +162,7 @@ impl TopicManager {
             metrics: metrics.clone(),
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
+            raft,
         })
     }
 
@@ -278,8 +285,9 @@ impl TopicManager {
                 // Left over from a crash between directory creation and the metadata write.
                 std::fs::remove_dir_all(&dir).map_err(storage_error)?;
             }
+            raft::forget_group(&self.meta, &group_key(name, p)).map_err(storage_error)?;
             opened.push(
-                open_partition(&self.log_dir, name, p, &config, &self.broker)
+                open_partition(&self.log_dir, name, p, &config, &self.broker, &self.raft)
                     .map_err(storage_error)?,
             );
         }
@@ -323,6 +331,9 @@ impl TopicManager {
             .map_err(storage_error)?;
         for p in &topic.partitions {
             p.replica.close().await;
+            if let Err(e) = p.replica.forget() {
+                tracing::warn!(error = %e, topic = name, partition = p.index, "forgetting raft state");
+            }
             let dir = partition_dir(&self.log_dir, name, p.index);
             let gone = self.log_dir.join(format!(
                 "{}-{}.{}.deleted",
@@ -390,9 +401,17 @@ impl TopicManager {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(storage_error)?;
             }
+            raft::forget_group(&self.meta, &group_key(name, p)).map_err(storage_error)?;
             partitions.push(
-                open_partition(&self.log_dir, name, p, &topic.config, &self.broker)
-                    .map_err(storage_error)?,
+                open_partition(
+                    &self.log_dir,
+                    name,
+                    p,
+                    &topic.config,
+                    &self.broker,
+                    &self.raft,
+                )
+                .map_err(storage_error)?,
             );
         }
         let rec = TopicRecord {
@@ -463,17 +482,21 @@ impl TopicManager {
     }
 
     /// Applies retention to every partition and refreshes the per-partition gauges.
-    pub fn enforce_retention(&self, now_ms: i64) {
+    pub async fn enforce_retention(&self, now_ms: i64) {
         for topic in self.all() {
             for p in &topic.partitions {
-                match p.replica.enforce_retention(
-                    now_ms,
-                    topic.config.retention_ms,
-                    topic.config.retention_bytes,
-                ) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(topic = %topic.name, partition = p.index, segments = n, "retention deleted segments")
+                match p
+                    .replica
+                    .enforce_retention(
+                        now_ms,
+                        topic.config.retention_ms,
+                        topic.config.retention_bytes,
+                    )
+                    .await
+                {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::info!(topic = %topic.name, partition = p.index, "retention: segments past retention handed to raft for purging")
                     }
                     Err(e) => {
                         tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "retention failed")
@@ -520,18 +543,26 @@ pub fn log_config(config: &ResolvedConfig, broker: &BrokerConfig) -> LogConfig {
     }
 }
 
+/// The name of a partition's Raft group (on the wire and in the metadata store).
+fn group_key(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
 fn open_partition(
     log_dir: &Path,
     topic: &str,
     partition: i32,
     config: &ResolvedConfig,
     broker: &BrokerConfig,
+    raft: &RaftNode,
 ) -> Result<Arc<PartitionState>, Error> {
     let replica = Partition::open(
         &partition_dir(log_dir, topic, partition),
-        PartitionOptions {
-            log: log_config(config, broker),
-        },
+        PartitionOptions::single(
+            log_config(config, broker),
+            raft.clone(),
+            group_key(topic, partition),
+        ),
         Box::new(ProducerTable::default()),
     )?;
     Ok(Arc::new(PartitionState {

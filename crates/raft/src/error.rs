@@ -15,6 +15,9 @@ pub enum Error {
     /// The requested offset is outside `[log_start_offset, log_end_offset]`.
     #[error("offset {offset} out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// This replica does not lead its group; `leader` is who does, when known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
     /// A proposed payload is not a well-formed batch.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),

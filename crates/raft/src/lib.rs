@@ -1,22 +1,32 @@
-//! The replication seam of Sluice.
+//! The replication seam of Sluice: openraft, one Raft group per partition.
 //!
 //! Owns [`Partition`], the handle the broker uses for one partition replica: propose record
-//! batches (answered with their offsets once committed), read committed data, the high
-//! watermark, and a way to wait for new commits (long-poll fetch).
+//! batches (answered with their offsets once a Raft majority has them), read committed data,
+//! the high watermark, and a way to wait for new commits (long-poll fetch). Inside, each
+//! replica is an openraft group whose log is the partition's Kafka log (`store`), whose RPCs go
+//! through a [`Router`] (`network`), and whose leader runs the caller's [`BatchFilter`]
+//! (idempotent producers) in log order before offsets are assigned.
 //!
-//! Today a single local replica backs the handle: "committed" means appended and, under the
-//! `always` fsync policy, fsynced (group commit: one fsync for everything queued). The
-//! replication issue swaps openraft in behind the same handle. This crate must never see Kafka
-//! request types: it deals in stored batch bytes, offsets and terms only. Batch admission
-//! (idempotent producer sequence checks) is a caller-supplied [`BatchFilter`], run in log order
-//! on the proposing replica.
+//! This crate must never see Kafka request types: it deals in stored batch bytes, offsets,
+//! terms and node ids only.
 
 mod error;
+mod network;
 mod partition;
+mod store;
+mod transport;
+mod types;
 
 pub use error::{Error, Result};
+pub use network::{BoxFut, CallError, MemRouter, Registry, Router};
 pub use partition::{
-    Admit, AdmitAll, BatchFilter, FsyncPolicy, Partition, PartitionOptions, ProposeOutcome,
-    ReadResult,
+    default_config, Admit, AdmitAll, BatchFilter, FsyncPolicy, Partition, PartitionOptions,
+    ProposeOutcome, RaftNode, ReadResult, Role,
 };
 pub use storage::LogConfig;
+pub use store::forget as forget_group;
+pub use transport::{Handler, Transport, TransportConfig, TransportError};
+pub use types::NodeId;
+
+#[cfg(test)]
+mod tests;

@@ -1,27 +1,45 @@
-//! The partition handle, backed (for now) by a single local replica.
+//! The partition handle: one replica of a partition, replicated by its own openraft group.
+//!
+//! The broker proposes record batches and gets their offsets once a Raft majority has them;
+//! it reads committed data below the high watermark and waits on it for long polls. Who leads
+//! is Raft's business: proposing on a follower answers [`Error::NotLeader`].
+//!
+//! Proposals go through one proposer task per replica. On the leader it runs the batch filter
+//! (idempotent producers) in log order, stamps each batch with the offset it will get (exact:
+//! only this leader appends batches in its term, and nothing else takes offsets) and hands it
+//! to openraft tied to the current term, so a write can never land in a later term than the one
+//! its offsets were predicted for. When the term changes the filter is rebuilt from the log.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::impls::ProgressResponder;
+use openraft::vote::leader_id_std::CommittedLeaderId;
+use openraft::BasicNode;
 use storage::batch::{self, BatchHeader};
-use storage::{Entry, EntryKind, PartitionLog};
+use storage::{EntryKind, MetaStore, PartitionLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use storage::{FsyncPolicy, LogConfig};
 
+use crate::network::{BoxFut, CallError, GroupRaft, Network, Registry, Router};
+use crate::store::{LogStore, Shared, StateMachine};
+use crate::types::{BatchData, NodeId};
 use crate::{Error, Result};
 
-/// How many proposals one group commit takes at most before it fsyncs.
+/// How many proposals the proposer takes at once.
 const MAX_GROUP: usize = 4096;
 
-/// How many trailing log entries are replayed through the [`BatchFilter`] on open, so that a
-/// producer retrying across a restart is still recognised (idempotent producers keep at most
-/// five batches in flight per partition).
+/// How many trailing log entries are replayed through the [`BatchFilter`] when a replica
+/// becomes leader, so that a producer retrying across a restart or failover is still
+/// recognised (idempotent producers keep at most five batches in flight per partition).
 const FILTER_REPLAY_ENTRIES: u64 = 10_000;
 
 /// The verdict of a [`BatchFilter`] on one batch.
@@ -35,13 +53,15 @@ pub enum Admit {
     Reject(i16),
 }
 
-/// Admission check run on the proposing replica, in log order, before an offset is assigned.
+/// Admission check run on the leader, in log order, before an offset is assigned.
 /// The broker implements it with its idempotent-producer table.
 pub trait BatchFilter: Send + 'static {
     /// Decide on a batch about to be appended (bytes as stored, offset not yet stamped).
     fn admit(&mut self, batch: &[u8]) -> Admit;
-    /// A batch was appended with these offsets (also called when the log is replayed on open).
+    /// A batch was appended with these offsets (also called when the log is replayed).
     fn appended(&mut self, batch: &[u8], base_offset: i64, last_offset: i64);
+    /// Forget everything (the state is about to be rebuilt from the log).
+    fn clear(&mut self);
 }
 
 /// A filter that admits everything.
@@ -52,6 +72,7 @@ impl BatchFilter for AdmitAll {
         Admit::Append
     }
     fn appended(&mut self, _batch: &[u8], _base_offset: i64, _last_offset: i64) {}
+    fn clear(&mut self) {}
 }
 
 /// What happened to one proposed batch.
@@ -65,10 +86,104 @@ pub enum ProposeOutcome {
     Rejected(i16),
 }
 
-/// Options for opening a partition.
-#[derive(Debug, Clone)]
+/// The Raft side of a node, shared by all its partition replicas.
+#[derive(Clone)]
+pub struct RaftNode {
+    pub id: NodeId,
+    pub meta: MetaStore,
+    pub router: Arc<dyn Router>,
+    pub registry: Registry,
+    pub config: Arc<openraft::Config>,
+}
+
+impl RaftNode {
+    /// A node whose groups replicate to `router` with the timing of `config`.
+    pub fn new(
+        id: NodeId,
+        meta: MetaStore,
+        router: Arc<dyn Router>,
+        registry: Registry,
+        config: openraft::Config,
+    ) -> Result<RaftNode> {
+        let config = config
+            .validate()
+            .map_err(|e| Error::Failed(format!("raft config: {e}")))?;
+        Ok(RaftNode {
+            id,
+            meta,
+            router,
+            registry,
+            config: Arc::new(config),
+        })
+    }
+
+    /// A lone node: every group has this one voter and no peer is ever called.
+    pub fn single(meta: MetaStore) -> RaftNode {
+        RaftNode::new(
+            1,
+            meta,
+            Arc::new(NoPeers),
+            Registry::default(),
+            default_config(),
+        )
+        .expect("the default raft config is valid")
+    }
+}
+
+/// The Raft timing Sluice uses: heartbeats every 200 ms, elections after 1-2 s of silence
+/// (failover well within 3 s), no automatic snapshots (a partition's snapshot is only a
+/// position; retention asks for one when it purges).
+pub fn default_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "sluice".into(),
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        max_payload_entries: 1024,
+        ..Default::default()
+    }
+}
+
+/// A router for a lone node: there is nobody to call.
+struct NoPeers;
+
+impl Router for NoPeers {
+    fn call(
+        &self,
+        target: NodeId,
+        _group: Bytes,
+        _method: u8,
+        _body: Bytes,
+        _timeout: Duration,
+    ) -> BoxFut<Result<Bytes, CallError>> {
+        Box::pin(async move { Err(CallError::Unreachable(format!("no peer {target}"))) })
+    }
+}
+
+/// Options for opening a partition replica.
+#[derive(Clone)]
 pub struct PartitionOptions {
     pub log: LogConfig,
+    pub node: RaftNode,
+    /// The group's name on the wire and in the metadata store (unique per node).
+    pub group: String,
+    /// The group's voters with their cluster addresses; used to initialise a new group.
+    pub voters: BTreeMap<NodeId, String>,
+}
+
+impl PartitionOptions {
+    /// A group whose only voter is `node`.
+    pub fn single(log: LogConfig, node: RaftNode, group: impl Into<String>) -> Self {
+        let voters = [(node.id, String::new())].into_iter().collect();
+        PartitionOptions {
+            log,
+            node,
+            group: group.into(),
+            voters,
+        }
+    }
 }
 
 /// Committed data read from a partition.
@@ -82,6 +197,13 @@ pub struct ReadResult {
     pub log_start_offset: i64,
 }
 
+/// Who leads the group, as this replica last saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Role {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+}
+
 enum Msg {
     Propose(Proposal),
     Close(oneshot::Sender<()>),
@@ -93,13 +215,16 @@ struct Proposal {
 }
 
 struct Inner {
-    log: PartitionLog,
-    filter: Mutex<Box<dyn BatchFilter>>,
-    hw: watch::Sender<i64>,
+    shared: Arc<Shared>,
+    node_id: NodeId,
+    group: Bytes,
+    registry: Registry,
+    raft: OnceLock<GroupRaft>,
+    role: watch::Sender<Role>,
     tx: mpsc::UnboundedSender<Msg>,
-    term: u64,
-    fsync_always: bool,
     closed: AtomicBool,
+    /// Set once openraft is running (or failed to start: then with the reason).
+    started: watch::Sender<Option<std::result::Result<(), String>>>,
 }
 
 /// Handle to one partition replica. Cheap to clone.
@@ -109,35 +234,57 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Opens (recovering if needed) the partition stored in `dir` and starts its writer task.
-    /// Blocking I/O: call it from a blocking context or at start-up. Needs a tokio runtime.
+    /// Opens (recovering if needed) the replica stored in `dir` and starts its Raft group in
+    /// the background. Blocking I/O: call it at start-up or from a blocking context. Needs a
+    /// tokio runtime. Reads work at once (up to the last known commit); proposals wait for
+    /// the group to run.
     pub fn open(
         dir: &Path,
         options: PartitionOptions,
         filter: Box<dyn BatchFilter>,
     ) -> Result<Self> {
-        let fsync = options.log.fsync.clone();
+        let fsync_always = matches!(options.log.fsync, FsyncPolicy::Always);
+        let interval = match options.log.fsync {
+            FsyncPolicy::Interval(every) => Some(every),
+            FsyncPolicy::Always => None,
+        };
         let log = PartitionLog::open(dir, options.log)?;
-        let mut filter = filter;
-        replay_filter(&log, filter.as_mut())?;
-        // Everything that survived recovery is committed: with one replica, committed means
-        // "in the log" (under `always`, every acknowledged batch was fsynced first).
-        let hw = log.next_offset();
-        // A local replica is its own leader for term 1 until openraft provides real terms.
-        let term = log.last_term().max(1);
+        let node = options.node;
+        let shared = Shared::new(log, node.meta.clone(), options.group.clone(), fsync_always)
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let sm = StateMachine::open(shared.clone()).map_err(|e| Error::Failed(e.to_string()))?;
+        if options.voters.len() == 1 && options.voters.contains_key(&node.id) {
+            // A lone voter's log is committed as a whole once it leads again (nobody can
+            // overwrite it), so reads may see all of it from the start, as before a restart.
+            shared.set_hw(shared.log.next_offset());
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        let (hw_tx, _) = watch::channel(hw);
+        let group = Bytes::from(options.group.into_bytes());
         let inner = Arc::new(Inner {
-            log,
-            filter: Mutex::new(filter),
-            hw: hw_tx,
+            shared: shared.clone(),
+            node_id: node.id,
+            group: group.clone(),
+            registry: node.registry.clone(),
+            raft: OnceLock::new(),
+            role: watch::channel(Role::default()).0,
             tx,
-            term,
-            fsync_always: matches!(fsync, FsyncPolicy::Always),
             closed: AtomicBool::new(false),
+            started: watch::channel(None).0,
         });
-        tokio::spawn(writer(inner.clone(), rx));
-        if let FsyncPolicy::Interval(every) = fsync {
+        let network = Network {
+            router: node.router.clone(),
+            group,
+        };
+        tokio::spawn(drive(
+            inner.clone(),
+            rx,
+            filter,
+            sm,
+            network,
+            node,
+            options.voters,
+        ));
+        if let Some(every) = interval {
             tokio::spawn(interval_flusher(Arc::downgrade(&inner), every));
         }
         Ok(Partition { inner })
@@ -145,7 +292,8 @@ impl Partition {
 
     /// Proposes record batches (each exactly one v2 batch, as the client sent it). The proposal
     /// is queued before this returns, so proposals keep the order of the calls; the future
-    /// resolves once they are committed. Dropping the future does not withdraw them (acks=0).
+    /// resolves once they are committed by a Raft majority. Dropping the future does not
+    /// withdraw them (acks=0).
     pub fn propose(
         &self,
         batches: Vec<BytesMut>,
@@ -168,16 +316,19 @@ impl Partition {
     /// Reads committed batches starting with the one containing `offset`, up to `max_bytes`
     /// (the first batch is returned whole even when larger).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let hw = *self.inner.hw.borrow();
-        let start = self.inner.log.log_start_offset();
-        let end = self.inner.log.next_offset();
+        let log = &self.inner.shared.log;
+        let hw = self.high_watermark();
+        let start = log.log_start_offset();
+        // Past the high watermark nothing is visible: a follower's uncommitted tail does not
+        // count as the end of the log.
+        let end = hw.max(start);
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
         }
         let data = if offset >= hw {
             Bytes::new()
         } else {
-            self.inner.log.read(offset, max_bytes, hw)?.data
+            log.read(offset, max_bytes, hw)?.data
         };
         Ok(ReadResult {
             data,
@@ -188,39 +339,78 @@ impl Partition {
 
     /// The high watermark: the offset after the last committed record.
     pub fn high_watermark(&self) -> i64 {
-        *self.inner.hw.borrow()
+        *self.inner.shared.hw.borrow()
     }
 
     /// A receiver that sees every change of the high watermark (long-poll fetch waits on it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.inner.hw.subscribe()
+        self.inner.shared.hw.subscribe()
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.inner.log.log_start_offset()
+        self.inner.shared.log.log_start_offset()
     }
 
+    /// The end of this replica's log, committed or not.
     pub fn log_end_offset(&self) -> i64 {
-        self.inner.log.next_offset()
+        self.inner.shared.log.next_offset()
     }
 
-    /// The leader epoch stamped into batches (the Raft term).
+    /// The leader epoch (the Raft term) as this replica last saw it.
     pub fn leader_epoch(&self) -> i32 {
-        i32::try_from(self.inner.term).unwrap_or(i32::MAX)
+        i32::try_from(self.inner.role.borrow().term).unwrap_or(i32::MAX)
+    }
+
+    /// Who leads, as this replica last saw it.
+    pub fn role(&self) -> Role {
+        *self.inner.role.borrow()
+    }
+
+    /// Whether this replica leads its group.
+    pub fn is_leader(&self) -> bool {
+        self.role().leader == Some(self.inner.node_id)
+    }
+
+    /// A receiver that sees every change of leader or term.
+    pub fn watch_role(&self) -> watch::Receiver<Role> {
+        self.inner.role.subscribe()
+    }
+
+    /// Waits until the group runs and has applied everything that was committed before this
+    /// replica (re)started, so reads see all acknowledged data. Gives up after `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<()> {
+        let mut started = self.inner.started.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let res = tokio::time::timeout_at(deadline, started.wait_for(|s| s.is_some())).await;
+        match res {
+            Err(_) => return Err(Error::Failed("raft group did not start in time".into())),
+            Ok(Err(_)) => return Err(Error::Closed),
+            Ok(Ok(s)) => {
+                if let Some(Err(e)) = s.as_ref() {
+                    return Err(Error::Failed(e.clone()));
+                }
+            }
+        }
+        let raft = self.inner.raft.get().cloned().ok_or(Error::Closed)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        raft.wait_for_recovery(Some(left))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Failed(format!("raft group did not recover: {e}")))
     }
 
     /// Applies new segment settings (topic config change) from the next append on.
     pub fn set_log_config(&self, config: LogConfig) {
-        self.inner.log.set_config(config);
+        self.inner.shared.log.set_config(config);
     }
 
     /// Bytes on disk.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.log.size_bytes()
+        self.inner.shared.log.size_bytes()
     }
 
     /// DeleteRecords: moves the log start offset to `offset` (`-1` = the high watermark).
-    /// Returns the new log start offset.
+    /// Returns the new log start offset. Local to this replica (not replicated yet).
     pub fn delete_records(&self, offset: i64) -> Result<i64> {
         let hw = self.high_watermark();
         let target = if offset == -1 { hw } else { offset };
@@ -233,7 +423,7 @@ impl Partition {
             });
         }
         if target > start {
-            self.inner.log.delete_records_before(target)?;
+            self.inner.shared.log.delete_records_before(target)?;
         }
         Ok(self.log_start_offset())
     }
@@ -242,40 +432,364 @@ impl Partition {
     pub fn find_by_timestamp(&self, ts: i64) -> Result<Option<Bytes>> {
         Ok(self
             .inner
+            .shared
             .log
             .find_offset_by_timestamp(ts, self.high_watermark())?)
     }
 
     /// The committed batch holding the largest timestamp, with that timestamp.
     pub fn max_timestamp(&self) -> Result<Option<(i64, Bytes)>> {
-        Ok(self.inner.log.max_timestamp(self.high_watermark())?)
+        Ok(self.inner.shared.log.max_timestamp(self.high_watermark())?)
     }
 
-    /// Deletes whole segments past retention. Returns how many were deleted.
-    pub fn enforce_retention(
+    /// Retention: finds the whole segments past `retention.ms` / `retention.bytes` (below the
+    /// high watermark) and asks Raft to purge them; Raft deletes them once no follower needs
+    /// them. Returns whether a purge was requested.
+    pub async fn enforce_retention(
         &self,
         now_ms: i64,
         retention_ms: Option<i64>,
         retention_bytes: Option<u64>,
-    ) -> Result<usize> {
-        Ok(self.inner.log.enforce_retention(
+    ) -> Result<bool> {
+        let Some(cut) = self.inner.shared.log.retention_cut(
             now_ms,
             retention_ms,
             retention_bytes,
             self.high_watermark(),
-        )?)
+        ) else {
+            return Ok(false);
+        };
+        let Some(raft) = self.inner.raft.get() else {
+            return Ok(false);
+        };
+        // A snapshot is the position the purge may go up to; then the purge itself.
+        let raft_index = crate::store::to_raft(cut);
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        raft.trigger()
+            .purge_log(raft_index)
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        Ok(true)
     }
 
-    /// Commits what is queued, syncs and closes the log. Later proposals fail with `Closed`.
+    /// Stops the group, syncs and closes the log. Later proposals fail with `Closed`.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.inner.tx.send(Msg::Close(tx)).is_ok() {
             let _ = rx.await;
+        } else {
+            self.inner.closed.store(true, Ordering::Release);
+        }
+        // The driver may not have started the group: close the log here too (idempotent).
+        let shared = self.inner.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.log.close()).await;
+    }
+
+    /// Forgets this replica's Raft state in the metadata store (after `close`, when the
+    /// partition is deleted).
+    pub fn forget(&self) -> Result<()> {
+        self.inner
+            .shared
+            .forget()
+            .map_err(|e| Error::Failed(e.to_string()))
+    }
+}
+
+/// Starts openraft for the replica, then runs the proposer until closed.
+async fn drive(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut filter: Box<dyn BatchFilter>,
+    sm: StateMachine,
+    network: Network,
+    node: RaftNode,
+    voters: BTreeMap<NodeId, String>,
+) {
+    let log_store = LogStore::new(inner.shared.clone());
+    let raft = match GroupRaft::new(node.id, node.config.clone(), network, log_store, sm).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("starting raft group: {e}");
+            tracing::error!(group = %String::from_utf8_lossy(&inner.group), error = %msg);
+            inner.started.send_replace(Some(Err(msg.clone())));
+            fail_all(&inner, &mut rx, Error::Failed(msg)).await;
+            return;
+        }
+    };
+    inner.registry.insert(inner.group.clone(), raft.clone());
+    let _ = inner.raft.set(raft.clone());
+    if let Err(e) = start_group(&raft, node.id, &voters).await {
+        tracing::error!(group = %String::from_utf8_lossy(&inner.group), error = %e, "initialising raft group");
+    }
+    inner.started.send_replace(Some(Ok(())));
+    tokio::spawn(watch_metrics(Arc::downgrade(&inner), raft.clone()));
+
+    let mut lead: Option<Lead> = None;
+    let mut group = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        let mut close = None;
+        match msg {
+            Msg::Propose(p) => group.push(p),
+            Msg::Close(done) => close = Some(done),
+        }
+        while close.is_none() && group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Msg::Propose(p)) => group.push(p),
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(_) => break,
+            }
+        }
+        for p in group.drain(..) {
+            propose_one(&inner, &raft, &mut lead, filter.as_mut(), p).await;
+        }
+        if let Some(done) = close {
+            inner.closed.store(true, Ordering::Release);
+            inner.registry.remove(&inner.group);
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!(error = %e, "raft group shutdown");
+            }
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                if let Msg::Propose(p) = msg {
+                    let _ = p.reply.send(Err(Error::Closed));
+                }
+            }
+            let _ = done.send(());
+            return;
         }
     }
 }
 
-/// Feeds the tail of the log through the filter so its state survives a restart.
+/// A new group is initialised with its voters (every voter may do it: the same membership at
+/// the same position). A lone voter elects itself at once instead of waiting out a timeout.
+async fn start_group(
+    raft: &GroupRaft,
+    me: NodeId,
+    voters: &BTreeMap<NodeId, String>,
+) -> std::result::Result<(), String> {
+    let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
+    if !initialized {
+        let members: BTreeMap<NodeId, BasicNode> = voters
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            // Another voter may have initialised it first; that is fine.
+            tracing::debug!(error = %e, "initialize");
+        }
+    }
+    if voters.len() == 1 && voters.contains_key(&me) {
+        raft.trigger()
+            .elect(false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn fail_all(inner: &Inner, rx: &mut mpsc::UnboundedReceiver<Msg>, err: Error) {
+    inner.closed.store(true, Ordering::Release);
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Propose(p) => {
+                let _ = p.reply.send(Err(Error::Failed(err.to_string())));
+            }
+            Msg::Close(done) => {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Mirrors openraft's view of leader and term into the replica's `role` channel.
+async fn watch_metrics(inner: std::sync::Weak<Inner>, raft: GroupRaft) {
+    let mut m = raft.metrics();
+    loop {
+        let role = {
+            let m = m.borrow_watched();
+            Role {
+                leader: m.current_leader,
+                term: m.current_term,
+            }
+        };
+        match inner.upgrade() {
+            Some(i) => {
+                i.role.send_if_modified(|cur| {
+                    let changed = *cur != role;
+                    *cur = role;
+                    changed
+                });
+            }
+            None => return,
+        }
+        if m.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The leader's state for proposing in one term.
+struct Lead {
+    term: u64,
+    next_offset: i64,
+}
+
+/// How long a proposal waits for a leader to be elected before answering NotLeader.
+const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
+
+async fn propose_one(
+    inner: &Arc<Inner>,
+    raft: &GroupRaft,
+    lead: &mut Option<Lead>,
+    filter: &mut dyn BatchFilter,
+    p: Proposal,
+) {
+    let term = match current_term_as_leader(inner, raft).await {
+        Ok(term) => term,
+        Err(e) => {
+            *lead = None;
+            let _ = p.reply.send(Err(e));
+            return;
+        }
+    };
+    if lead.as_ref().is_none_or(|l| l.term != term) {
+        // New term: this replica's log is the group's log from here on; rebuild the filter
+        // from it and continue the offsets after it.
+        filter.clear();
+        let log = &inner.shared.log;
+        if let Err(e) = replay_filter(log, filter) {
+            let _ = p.reply.send(Err(e));
+            return;
+        }
+        *lead = Some(Lead {
+            term,
+            next_offset: log.next_offset(),
+        });
+    }
+    let l = lead.as_mut().expect("set above");
+    let epoch = i32::try_from(term).unwrap_or(i32::MAX);
+    let mut waits: Vec<Wait> = Vec::with_capacity(p.batches.len());
+    for mut b in p.batches {
+        let header = match BatchHeader::parse(&b) {
+            Ok(h) => h,
+            Err(_) => {
+                // The broker validates before proposing; this is a defect upstream.
+                waits.push(Wait::Done(ProposeOutcome::Rejected(-1)));
+                continue;
+            }
+        };
+        match filter.admit(&b) {
+            Admit::Append => {
+                let base = l.next_offset;
+                let last = base + i64::from(header.last_offset_delta);
+                batch::stamp(&mut b, base, epoch);
+                filter.appended(&b, base, last);
+                l.next_offset = last + 1;
+                let (responder, rx) = ProgressResponder::complete_only();
+                let submitted = raft
+                    .write(BatchData(b.freeze()))
+                    .with_leader(CommittedLeaderId::new(term))
+                    .responder(responder)
+                    .await;
+                if let Err(e) = submitted {
+                    waits.push(Wait::Failed(Error::Failed(e.to_string())));
+                } else {
+                    waits.push(Wait::Commit(rx));
+                }
+            }
+            Admit::Duplicate { base_offset } => waits.push(Wait::Dup(base_offset)),
+            Admit::Reject(code) => waits.push(Wait::Done(ProposeOutcome::Rejected(code))),
+        }
+    }
+    let hw = inner.shared.hw.subscribe();
+    let me = inner.node_id;
+    tokio::spawn(async move {
+        let _ = p.reply.send(finish(waits, hw, me).await);
+    });
+}
+
+/// Waits until this replica leads with a known term; answers NotLeader when another node
+/// leads, or when nobody does for [`WAIT_FOR_LEADER`].
+async fn current_term_as_leader(inner: &Inner, raft: &GroupRaft) -> Result<u64> {
+    let mut role = inner.role.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_LEADER;
+    loop {
+        match raft.as_leader() {
+            Ok(leader) => return Ok(leader.term()),
+            Err(fwd) if fwd.leader_id.is_some() => {
+                return Err(Error::NotLeader {
+                    leader: fwd.leader_id,
+                })
+            }
+            Err(_) => {
+                let changed = tokio::time::timeout_at(deadline, role.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) {
+                    return Err(Error::NotLeader { leader: None });
+                }
+            }
+        }
+    }
+}
+
+enum Wait {
+    Done(ProposeOutcome),
+    Dup(i64),
+    Failed(Error),
+    Commit(
+        openraft::type_config::alias::OneshotReceiverOf<
+            crate::types::TypeConfig,
+            openraft::raft::ClientWriteResult<crate::types::TypeConfig>,
+        >,
+    ),
+}
+
+async fn finish(
+    waits: Vec<Wait>,
+    mut hw: watch::Receiver<i64>,
+    me: NodeId,
+) -> Result<Vec<ProposeOutcome>> {
+    let mut out = Vec::with_capacity(waits.len());
+    for w in waits {
+        out.push(match w {
+            Wait::Done(o) => o,
+            Wait::Failed(e) => return Err(e),
+            Wait::Dup(base_offset) => {
+                // A retry of a batch that may still be in flight: answer once it is committed.
+                if hw.wait_for(|h| *h > base_offset).await.is_err() {
+                    return Err(Error::Closed);
+                }
+                ProposeOutcome::Duplicate { base_offset }
+            }
+            Wait::Commit(rx) => match rx.await {
+                Err(_) => return Err(Error::Closed),
+                Ok(Err(e)) => return Err(write_error(e, me)),
+                Ok(Ok(resp)) => match resp.data.offsets {
+                    Some((base_offset, _)) => ProposeOutcome::Appended { base_offset },
+                    None => return Err(Error::Failed("a batch applied without offsets".into())),
+                },
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn write_error(e: ClientWriteError<crate::types::TypeConfig>, me: NodeId) -> Error {
+    match e {
+        ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f) => {
+            Error::NotLeader {
+                leader: f.leader_id.filter(|l| *l != me),
+            }
+        }
+        ClientWriteError::PreconditionFailed(_) => Error::NotLeader { leader: None },
+        other => Error::Failed(other.to_string()),
+    }
+}
+
+/// Feeds the tail of the log through the filter so its state survives a restart or failover.
 fn replay_filter(log: &PartitionLog, filter: &mut dyn BatchFilter) -> Result<()> {
     let last = log.last_index();
     if last == 0 {
@@ -299,49 +813,6 @@ fn replay_filter(log: &PartitionLog, filter: &mut dyn BatchFilter) -> Result<()>
     Ok(())
 }
 
-async fn writer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut group = Vec::new();
-    while let Some(msg) = rx.recv().await {
-        let mut close = None;
-        match msg {
-            Msg::Propose(p) => group.push(p),
-            Msg::Close(done) => close = Some(done),
-        }
-        while close.is_none() && group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(Msg::Propose(p)) => group.push(p),
-                Ok(Msg::Close(done)) => close = Some(done),
-                Err(_) => break,
-            }
-        }
-        if !group.is_empty() {
-            let batch = std::mem::take(&mut group);
-            let inner2 = inner.clone();
-            // Appends and fsyncs are blocking file I/O.
-            let _ = tokio::task::spawn_blocking(move || inner2.commit_group(batch)).await;
-        }
-        if let Some(done) = close {
-            inner.closed.store(true, Ordering::Release);
-            let inner2 = inner.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = inner2.log.close() {
-                    tracing::error!(error = %e, "closing partition log");
-                }
-            })
-            .await;
-            // Fail whatever raced in after the close.
-            rx.close();
-            while let Ok(msg) = rx.try_recv() {
-                if let Msg::Propose(p) = msg {
-                    let _ = p.reply.send(Err(Error::Closed));
-                }
-            }
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
 async fn interval_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -351,94 +822,11 @@ async fn interval_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
-        let res = tokio::task::spawn_blocking(move || inner.log.sync()).await;
+        let shared = inner.shared.clone();
+        drop(inner);
+        let res = tokio::task::spawn_blocking(move || shared.log.sync()).await;
         if let Ok(Err(e)) = res {
             tracing::error!(error = %e, "interval fsync failed; partition refuses writes");
-        }
-    }
-}
-
-impl Inner {
-    /// One group commit: admit, stamp and append every batch, fsync once (policy `always`),
-    /// advance the high watermark, answer every proposal.
-    fn commit_group(&self, group: Vec<Proposal>) {
-        let mut outcomes: Vec<Vec<ProposeOutcome>> = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
-        let mut entries = Vec::new();
-        let result = {
-            let mut filter = self.filter.lock();
-            let mut next_offset = self.log.next_offset();
-            let mut next_index = self.log.last_index() + 1;
-            let epoch = i32::try_from(self.term).unwrap_or(i32::MAX);
-            for p in group {
-                let mut out = Vec::with_capacity(p.batches.len());
-                for mut b in p.batches {
-                    let header = match BatchHeader::parse(&b) {
-                        Ok(h) => h,
-                        Err(_) => {
-                            // The broker validates before proposing; this is a defect upstream.
-                            out.push(ProposeOutcome::Rejected(-1));
-                            continue;
-                        }
-                    };
-                    match filter.admit(&b) {
-                        Admit::Append => {
-                            batch::stamp(&mut b, next_offset, epoch);
-                            let last = next_offset + i64::from(header.last_offset_delta);
-                            filter.appended(&b, next_offset, last);
-                            out.push(ProposeOutcome::Appended {
-                                base_offset: next_offset,
-                            });
-                            entries.push(Entry {
-                                term: self.term,
-                                index: next_index,
-                                kind: EntryKind::Batch,
-                                payload: b.freeze(),
-                            });
-                            next_offset = last + 1;
-                            next_index += 1;
-                        }
-                        Admit::Duplicate { base_offset } => {
-                            out.push(ProposeOutcome::Duplicate { base_offset })
-                        }
-                        Admit::Reject(code) => out.push(ProposeOutcome::Rejected(code)),
-                    }
-                }
-                outcomes.push(out);
-                replies.push(p.reply);
-            }
-            if entries.is_empty() {
-                Ok(())
-            } else {
-                self.log.append(&entries).map(|_| ())
-            }
-        };
-        let result = result.and_then(|()| {
-            if self.fsync_always && !entries.is_empty() {
-                self.log.sync().map(|_| ())
-            } else {
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
-                let hw = self.log.next_offset();
-                self.hw.send_if_modified(|cur| {
-                    let changed = *cur != hw;
-                    *cur = hw;
-                    changed
-                });
-                for (reply, out) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(out));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "append failed; partition refuses further writes");
-                let msg = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(Error::Failed(msg.clone())));
-                }
-            }
         }
     }
 }

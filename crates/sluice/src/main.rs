@@ -114,8 +114,6 @@ async fn retention_loop(broker: Arc<Broker>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let b = broker.clone();
-        let now = broker::now_ms();
-        let _ = tokio::task::spawn_blocking(move || b.topics.enforce_retention(now)).await;
+        broker.topics.enforce_retention(broker::now_ms()).await;
     }
 }

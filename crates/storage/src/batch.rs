@@ -265,9 +265,10 @@ impl Iterator for SplitBatches<'_> {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testutil {
-    //! Builds minimal valid v2 batches for tests (no kafka-protocol dependency).
+#[doc(hidden)]
+pub mod testutil {
+    //! Builds minimal valid v2 batches for tests (no kafka-protocol dependency); used by this
+    //! crate's tests and the replication tests of `raft`.
 
     /// A batch of `records` records whose values are `value_len` bytes each, filled from `seed`.
     /// Timestamps: base `ts`, record i has delta i, max = ts + records - 1.

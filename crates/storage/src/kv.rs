@@ -101,6 +101,15 @@ impl MetaStore {
         Ok(())
     }
 
+    /// A write that is not synced: it reaches RocksDB's WAL in the page cache and survives a
+    /// process crash, but may be lost with the machine. For hints that may go stale safely
+    /// (Raft's committed index).
+    pub fn put_relaxed(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let cf = self.cf(cf)?;
+        self.db.put_cf(cf, key, value)?;
+        Ok(())
+    }
+
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let cf = self.cf(cf)?;
         Ok(self.db.get_cf(cf, key)?)

@@ -169,8 +169,16 @@ fn answer_partition(
     let outcomes = match outcome {
         Ok(o) => o,
         Err(e) => {
-            broker.count_error(ApiKey::Produce, codes::KAFKA_STORAGE_ERROR);
-            return failed(index, codes::KAFKA_STORAGE_ERROR, e.to_string());
+            // Not leading (any more) is retriable: the client refreshes metadata and resends
+            // to the leader; idempotence makes the resend safe if the first try did commit.
+            let code = match e {
+                raft::Error::NotLeader { .. } | raft::Error::Closed => {
+                    codes::NOT_LEADER_OR_FOLLOWER
+                }
+                _ => codes::KAFKA_STORAGE_ERROR,
+            };
+            broker.count_error(ApiKey::Produce, code);
+            return failed(index, code, e.to_string());
         }
     };
     let mut base = None;

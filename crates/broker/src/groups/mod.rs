@@ -1448,13 +1448,17 @@ mod tests {
     }
 
     fn open_partitions(dir: &std::path::Path, n: usize) -> Vec<raft::Partition> {
+        let meta = storage::MetaStore::open(&dir.join("meta")).expect("meta");
+        let node = raft::RaftNode::single(meta);
         (0..n)
             .map(|i| {
                 raft::Partition::open(
                     &dir.join(format!("__consumer_offsets-{i}")),
-                    raft::PartitionOptions {
-                        log: raft::LogConfig::default(),
-                    },
+                    raft::PartitionOptions::single(
+                        raft::LogConfig::default(),
+                        node.clone(),
+                        format!("__consumer_offsets-{i}"),
+                    ),
                     Box::new(raft::AdmitAll),
                 )
                 .expect("open partition")

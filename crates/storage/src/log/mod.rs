@@ -866,6 +866,35 @@ impl PartitionLog {
         Ok(removed)
     }
 
+    /// What [`PartitionLog::enforce_retention`] would delete, without deleting: the Raft index
+    /// of the last entry in the last segment past retention (None when nothing is). A
+    /// replicated log hands that index to Raft, which purges through
+    /// [`PartitionLog::purge_prefix`] once no replication needs the entries.
+    pub fn retention_cut(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<u64>,
+        upper_offset: i64,
+    ) -> Option<u64> {
+        let inner = self.inner.read();
+        let mut total = inner.size_bytes();
+        let n = inner.segments.len() - 1;
+        let mut cut = None;
+        for s in &inner.segments[..n] {
+            let by_time = retention_ms.is_some_and(|r| s.max_ts < now_ms.saturating_sub(r));
+            let by_size = retention_bytes.is_some_and(|r| total.saturating_sub(r) >= s.size);
+            if !(by_time || by_size) || s.next_offset > upper_offset {
+                break;
+            }
+            total -= s.size;
+            if s.first_index.is_some() {
+                cut = Some(s.last_index);
+            }
+        }
+        cut
+    }
+
     /// Clean shutdown: sync, persist the active segment's summary and indexes, write the
     /// clean-shutdown marker. Later writes return [`Error::Closed`]; reads still work.
     pub fn close(&self) -> Result<()> {

@@ -1,0 +1,323 @@
+//! Raft RPCs between nodes: the client side (openraft's `RaftNetworkFactory` / `RaftNetworkV2`
+//! over a [`Router`]) and the server side ([`Registry`], which hands an incoming call to the
+//! group it names). Messages are openraft's own types, encoded with postcard (compact, serde,
+//! batch bytes copied as one slice).
+//!
+//! The [`Router`] is what carries a call to another node: the TCP cluster transport in a real
+//! cluster, an in-memory router (which can cut links) in tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
+use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::store::SnapshotBody;
+use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
+
+pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Why a call to another node failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("remote: {0}")]
+    Remote(String),
+}
+
+/// Carries one request to a node and brings its answer back.
+pub trait Router: Send + Sync + 'static {
+    fn call(
+        &self,
+        target: NodeId,
+        group: Bytes,
+        method: u8,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFut<Result<Bytes, CallError>>;
+}
+
+pub(crate) const APPEND: u8 = 1;
+pub(crate) const VOTE: u8 = 2;
+pub(crate) const SNAPSHOT: u8 = 3;
+
+fn encode<T: Serialize>(v: &T) -> Result<Bytes, String> {
+    postcard::to_stdvec(v)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("undecodable message: {e}"))
+}
+
+/// The raft handle type of a partition group.
+pub type GroupRaft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+
+/// The groups this node hosts, by key; serves incoming Raft calls.
+#[derive(Clone, Default)]
+pub struct Registry {
+    groups: Arc<RwLock<HashMap<Bytes, GroupRaft>>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, key: Bytes, raft: GroupRaft) {
+        self.groups.write().insert(key, raft);
+    }
+
+    pub(crate) fn remove(&self, key: &[u8]) {
+        self.groups.write().remove(key);
+    }
+
+    /// Handles one incoming call. The answer is `Ok(encoded response)` or `Err(reason)`.
+    pub fn handle(&self, group: Bytes, method: u8, body: Bytes) -> BoxFut<Result<Bytes, String>> {
+        let raft = self.groups.read().get(&group).cloned();
+        Box::pin(async move {
+            let Some(raft) = raft else {
+                return Err(format!(
+                    "group {} is not hosted here (yet)",
+                    String::from_utf8_lossy(&group)
+                ));
+            };
+            match method {
+                APPEND => {
+                    let req: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+                    let resp = raft.append_entries(req).await.map_err(|e| e.to_string())?;
+                    encode(&resp)
+                }
+                VOTE => {
+                    let req: VoteRequest<TypeConfig> = decode(&body)?;
+                    let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
+                    encode(&resp)
+                }
+                SNAPSHOT => {
+                    let (vote, meta, body): (Vote, SnapshotMeta, SnapshotBody) = decode(&body)?;
+                    let snapshot = openraft::storage::Snapshot {
+                        meta,
+                        snapshot: body,
+                    };
+                    let resp = raft
+                        .install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    encode(&resp)
+                }
+                m => Err(format!("unknown raft method {m}")),
+            }
+        })
+    }
+}
+
+/// Creates the per-peer network clients of one group.
+pub(crate) struct Network {
+    pub router: Arc<dyn Router>,
+    pub group: Bytes,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+        PeerClient {
+            router: self.router.clone(),
+            group: self.group.clone(),
+            target,
+        }
+    }
+}
+
+/// Calls to one peer for one group.
+pub(crate) struct PeerClient {
+    router: Arc<dyn Router>,
+    group: Bytes,
+    target: NodeId,
+}
+
+impl PeerClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: u8,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let body = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        match self
+            .router
+            .call(self.target, self.group.clone(), method, body, timeout)
+            .await
+        {
+            Ok(b) => decode(&b).map_err(|e| RPCError::Network(NetworkError::from_string(e))),
+            // A peer that is down, slow or does not host the group yet: openraft backs off.
+            Err(e) => Err(RPCError::Unreachable(Unreachable::from_string(e))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotBody;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(APPEND, &rpc, option.soft_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(VOTE, &rpc, option.soft_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: crate::types::Snapshot<SnapshotBody>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        self.rpc(SNAPSHOT, &req, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Timeout(t) => StreamingError::Timeout(t),
+                other => StreamingError::Network(NetworkError::from_string(other)),
+            })
+    }
+}
+
+/// An in-memory router for tests: calls go straight to each node's [`Registry`] (through the
+/// same encoding as the wire), and links can be cut.
+#[derive(Clone, Default)]
+pub struct MemRouter {
+    inner: Arc<RwLock<MemInner>>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    nodes: HashMap<NodeId, Registry>,
+    /// Cut links (both directions are listed separately).
+    cut: std::collections::HashSet<(NodeId, NodeId)>,
+}
+
+impl MemRouter {
+    pub fn add(&self, id: NodeId, registry: Registry) {
+        self.inner.write().nodes.insert(id, registry);
+    }
+
+    pub fn remove(&self, id: NodeId) {
+        self.inner.write().nodes.remove(&id);
+    }
+
+    /// A router for node `from`: what that node's groups use to call others.
+    pub fn from_node(&self, from: NodeId) -> Arc<dyn Router> {
+        Arc::new(MemLink {
+            router: self.clone(),
+            from,
+        })
+    }
+
+    /// Cuts node `a` off from every other node (both directions).
+    pub fn isolate(&self, a: NodeId) {
+        let mut inner = self.inner.write();
+        let ids: Vec<NodeId> = inner.nodes.keys().copied().collect();
+        for b in ids {
+            if b != a {
+                inner.cut.insert((a, b));
+                inner.cut.insert((b, a));
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.inner.write().cut.clear();
+    }
+}
+
+struct MemLink {
+    router: MemRouter,
+    from: NodeId,
+}
+
+impl Router for MemLink {
+    fn call(
+        &self,
+        target: NodeId,
+        group: Bytes,
+        method: u8,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFut<Result<Bytes, CallError>> {
+        let reg = {
+            let inner = self.router.inner.read();
+            if inner.cut.contains(&(self.from, target)) {
+                None
+            } else {
+                inner.nodes.get(&target).cloned()
+            }
+        };
+        Box::pin(async move {
+            let Some(reg) = reg else {
+                return Err(CallError::Unreachable(format!("node {target} is cut off")));
+            };
+            match tokio::time::timeout(timeout, reg.handle(group, method, body)).await {
+                Err(_) => Err(CallError::Timeout),
+                Ok(r) => r.map_err(CallError::Remote),
+            }
+        })
+    }
+}
+
+/// The cluster transport carries Raft calls between nodes.
+impl Router for crate::transport::Transport {
+    fn call(
+        &self,
+        target: NodeId,
+        group: Bytes,
+        method: u8,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFut<Result<Bytes, CallError>> {
+        let t = self.clone();
+        Box::pin(async move {
+            use crate::transport::TransportError as E;
+            match crate::transport::Transport::call(&t, target, group, method, body, timeout).await
+            {
+                Ok(b) => Ok(b),
+                Err(E::Timeout(_)) => Err(CallError::Timeout),
+                Err(E::Remote(m)) => Err(CallError::Remote(m)),
+                Err(e) => Err(CallError::Unreachable(e.to_string())),
+            }
+        })
+    }
+}
+
+impl Registry {
+    /// The handler to serve on the cluster listener: every incoming call goes to its group.
+    pub fn handler(&self) -> Arc<dyn crate::transport::Handler> {
+        let reg = self.clone();
+        Arc::new(
+            move |_from: NodeId, group: Bytes, method: u8, body: Bytes| {
+                reg.handle(group, method, body)
+            },
+        )
+    }
+}

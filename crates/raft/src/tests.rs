@@ -1,0 +1,334 @@
+//! In-process replication tests: several replicas of one partition, each with its own log
+//! directory and metadata store, talking through a [`MemRouter`] that can cut nodes off.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use storage::batch::testutil::build_batch;
+use storage::batch::{split_batches, BatchHeader};
+use storage::MetaStore;
+use tempfile::TempDir;
+
+use crate::{
+    AdmitAll, Error, LogConfig, MemRouter, NodeId, Partition, PartitionOptions, ProposeOutcome,
+    RaftNode, Registry,
+};
+
+fn fast_config() -> openraft::Config {
+    openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..crate::default_config()
+    }
+}
+
+struct Replica {
+    id: NodeId,
+    dir: TempDir,
+    meta: MetaStore,
+    part: Option<Partition>,
+}
+
+struct Cluster {
+    router: MemRouter,
+    voters: BTreeMap<NodeId, String>,
+    nodes: Vec<Replica>,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        let voters: BTreeMap<NodeId, String> = (1..=n).map(|i| (i, format!("node-{i}"))).collect();
+        let nodes = (1..=n)
+            .map(|id| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+                Replica {
+                    id,
+                    dir,
+                    meta,
+                    part: None,
+                }
+            })
+            .collect();
+        let mut c = Cluster {
+            router: MemRouter::default(),
+            voters,
+            nodes,
+        };
+        for id in 1..=n {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let registry = Registry::default();
+        self.router.add(id, registry.clone());
+        let r = &mut self.nodes[(id - 1) as usize];
+        let node = RaftNode::new(
+            id,
+            r.meta.clone(),
+            self.router.from_node(id),
+            registry,
+            fast_config(),
+        )
+        .expect("node");
+        let part = Partition::open(
+            &r.dir.path().join("log"),
+            PartitionOptions {
+                log: LogConfig::default(),
+                node,
+                group: "t-0".into(),
+                voters: self.voters.clone(),
+            },
+            Box::new(AdmitAll),
+        )
+        .expect("open");
+        r.part = Some(part);
+    }
+
+    /// Stops a replica the hard way: it drops off the network, then its group shuts down.
+    async fn stop(&mut self, id: NodeId) {
+        self.router.remove(id);
+        let r = &mut self.nodes[(id - 1) as usize];
+        if let Some(p) = r.part.take() {
+            p.close().await;
+        }
+    }
+
+    fn part(&self, id: NodeId) -> &Partition {
+        self.nodes[(id - 1) as usize]
+            .part
+            .as_ref()
+            .expect("replica running")
+    }
+
+    /// Waits until the running replicas agree on one leader among them; returns it.
+    async fn leader(&self, not: Option<NodeId>) -> NodeId {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let running: Vec<&Replica> = self.nodes.iter().filter(|r| r.part.is_some()).collect();
+            let leaders: Vec<Option<NodeId>> = running
+                .iter()
+                .map(|r| r.part.as_ref().expect("running").role().leader)
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if leaders.iter().all(|x| *x == Some(*l))
+                    && Some(*l) != not
+                    && running
+                        .iter()
+                        .any(|r| r.id == *l && self.part(*l).is_leader())
+                {
+                    return *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn batch(records: i32, seed: u64) -> BytesMut {
+    BytesMut::from(&build_batch(0, records, 1_000, 16, seed)[..])
+}
+
+fn offsets(out: &[ProposeOutcome]) -> Vec<i64> {
+    out.iter()
+        .map(|o| match o {
+            ProposeOutcome::Appended { base_offset } => *base_offset,
+            other => panic!("not appended: {other:?}"),
+        })
+        .collect()
+}
+
+/// All committed batches of a replica as (base offset, record count).
+fn contents(p: &Partition) -> Vec<(i64, i32)> {
+    let r = p.read(p.log_start_offset(), usize::MAX).expect("read");
+    split_batches(&r.data)
+        .map(|b| {
+            let (start, end) = b.expect("batch");
+            let h = BatchHeader::parse(&r.data[start..end]).expect("header");
+            (h.base_offset, h.records_count)
+        })
+        .collect()
+}
+
+async fn wait_hw(p: &Partition, hw: i64) {
+    let mut rx = p.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|h| *h >= hw))
+        .await
+        .expect("high watermark in time")
+        .expect("replica open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_voter_commits_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+    let open = || {
+        Partition::open(
+            &dir.path().join("log"),
+            PartitionOptions::single(LogConfig::default(), RaftNode::single(meta.clone()), "s-0"),
+            Box::new(AdmitAll),
+        )
+        .expect("open")
+    };
+    let p = open();
+    let out = p
+        .propose(vec![batch(3, 1), batch(2, 2)])
+        .await
+        .expect("commit");
+    assert_eq!(offsets(&out), vec![0, 3]);
+    let out = p.propose(vec![batch(1, 3)]).await.expect("commit");
+    assert_eq!(offsets(&out), vec![5]);
+    assert_eq!(p.high_watermark(), 6);
+    assert_eq!(contents(&p), vec![(0, 3), (3, 2), (5, 1)]);
+    p.close().await;
+    assert!(matches!(
+        p.propose(vec![batch(1, 4)]).await,
+        Err(Error::Closed)
+    ));
+
+    let p = open();
+    p.ready(Duration::from_secs(10)).await.expect("ready");
+    assert_eq!(p.high_watermark(), 6);
+    assert_eq!(contents(&p), vec![(0, 3), (3, 2), (5, 1)]);
+    let out = p.propose(vec![batch(4, 5)]).await.expect("commit");
+    assert_eq!(offsets(&out), vec![6]);
+    assert!(p.is_leader());
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_replicate_and_followers_refuse_writes() {
+    let c = Cluster::new(3);
+    let leader = c.leader(None).await;
+    let out = c
+        .part(leader)
+        .propose(vec![batch(5, 1), batch(5, 2)])
+        .await
+        .expect("commit");
+    assert_eq!(offsets(&out), vec![0, 5]);
+    for id in 1..=3 {
+        wait_hw(c.part(id), 10).await;
+        assert_eq!(contents(c.part(id)), vec![(0, 5), (5, 5)], "replica {id}");
+    }
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    match c.part(follower).propose(vec![batch(1, 3)]).await {
+        Err(Error::NotLeader { leader: Some(l) }) => assert_eq!(l, leader),
+        other => panic!("follower accepted a write: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill_elects_new_leader_and_keeps_acknowledged_data() {
+    let mut c = Cluster::new(3);
+    let first = c.leader(None).await;
+    let mut acked = Vec::new();
+    for i in 0..10u64 {
+        let out = c
+            .part(first)
+            .propose(vec![batch(2, i)])
+            .await
+            .expect("commit");
+        acked.push((offsets(&out)[0], 2));
+    }
+    c.stop(first).await;
+    let t0 = std::time::Instant::now();
+    let second = c.leader(Some(first)).await;
+    let out = c
+        .part(second)
+        .propose(vec![batch(3, 99)])
+        .await
+        .expect("commit on new leader");
+    let failover = t0.elapsed();
+    acked.push((offsets(&out)[0], 3));
+    assert_eq!(
+        offsets(&out),
+        vec![20],
+        "offsets continue after the old leader's"
+    );
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+
+    // The old leader comes back on its data and catches up.
+    c.start(first);
+    for id in 1..=3 {
+        wait_hw(c.part(id), 23).await;
+        assert_eq!(contents(c.part(id)), acked, "replica {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_acknowledges_nothing_and_rejoins() {
+    let c = Cluster::new(3);
+    let old = c.leader(None).await;
+    let out = c
+        .part(old)
+        .propose(vec![batch(1, 1)])
+        .await
+        .expect("commit");
+    assert_eq!(offsets(&out), vec![0]);
+
+    c.router.isolate(old);
+    // The minority side must not acknowledge: the proposal either fails or never completes
+    // while the partition lasts.
+    let stale = c.part(old).propose(vec![batch(7, 2)]);
+    let stale = tokio::spawn(stale);
+    let new = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let others: Vec<Option<NodeId>> = (1..=3)
+                .filter(|i| *i != old)
+                .map(|i| c.part(i).role().leader)
+                .collect();
+            if let Some(Some(l)) = others.first() {
+                if *l != old && others.iter().all(|x| *x == Some(*l)) {
+                    break *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "majority elected nobody"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let out = c
+        .part(new)
+        .propose(vec![batch(2, 3)])
+        .await
+        .expect("majority commits");
+    assert_eq!(offsets(&out), vec![1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if stale.is_finished() {
+        let res = stale.await.expect("task");
+        assert!(
+            res.is_err(),
+            "the isolated leader acknowledged a write: {res:?}"
+        );
+        c.router.heal();
+    } else {
+        c.router.heal();
+        // Once healed, the old leader's uncommitted batch is discarded: its proposal fails.
+        let res = tokio::time::timeout(Duration::from_secs(10), stale)
+            .await
+            .expect("stale proposal resolves after healing")
+            .expect("task");
+        assert!(
+            res.is_err(),
+            "the isolated leader acknowledged a write: {res:?}"
+        );
+    }
+    for id in 1..=3 {
+        wait_hw(c.part(id), 3).await;
+        assert_eq!(contents(c.part(id)), vec![(0, 1), (1, 2)], "replica {id}");
+    }
+}
