@@ -23,6 +23,7 @@ use openraft::error::ClientWriteError;
 use openraft::impls::ProgressResponder;
 use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::BasicNode;
+use openraft::Instant as _;
 use storage::batch::{self, BatchHeader};
 use storage::{EntryKind, MetaStore, PartitionLog};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -225,6 +226,13 @@ struct Inner {
     closed: AtomicBool,
     /// Set once openraft is running (or failed to start: then with the reason).
     started: watch::Sender<Option<std::result::Result<(), String>>>,
+    /// Writes handed to openraft whose outcome is not known yet.
+    inflight: watch::Sender<usize>,
+    /// A write was refused before it reached the log: the proposer must re-read the log.
+    refused: AtomicBool,
+    /// How old the leader's last quorum acknowledgement may be for a write to be submitted
+    /// (openraft's lease, election_timeout_max, minus one heartbeat of margin).
+    usable_lease: Duration,
 }
 
 /// Handle to one partition replica. Cheap to clone.
@@ -270,6 +278,13 @@ impl Partition {
             tx,
             closed: AtomicBool::new(false),
             started: watch::channel(None).0,
+            inflight: watch::channel(0).0,
+            refused: AtomicBool::new(false),
+            usable_lease: Duration::from_millis(
+                node.config
+                    .election_timeout_max
+                    .saturating_sub(node.config.heartbeat_interval),
+            ),
         });
         let network = Network {
             router: node.router.clone(),
@@ -638,8 +653,25 @@ struct Lead {
     next_offset: i64,
 }
 
-/// How long a proposal waits for a leader to be elected before answering NotLeader.
+/// How long a proposal waits for a leader to be elected (or for this leader to hold a fresh
+/// lease) before answering NotLeader.
 const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
+
+/// Counts a write handed to openraft until its outcome is known.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.inflight.send_modify(|n| *n += 1);
+        InFlight(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 async fn propose_one(
     inner: &Arc<Inner>,
@@ -656,9 +688,20 @@ async fn propose_one(
             return;
         }
     };
-    if lead.as_ref().is_none_or(|l| l.term != term) {
-        // New term: this replica's log is the group's log from here on; rebuild the filter
-        // from it and continue the offsets after it.
+    let stale = match lead.as_ref() {
+        None => true,
+        Some(l) => l.term != term || inner.refused.load(Ordering::Acquire),
+    };
+    if stale {
+        // New term, or a write of this term was refused before it reached the log (so the
+        // offsets and filter state predicted for it are wrong): the log becomes the truth
+        // again, once every write handed to openraft earlier has reached it or failed.
+        *lead = None;
+        if !settle(inner).await {
+            let _ = p.reply.send(Err(Error::NotLeader { leader: None }));
+            return;
+        }
+        inner.refused.store(false, Ordering::Release);
         filter.clear();
         let log = &inner.shared.log;
         if let Err(e) = replay_filter(log, filter) {
@@ -689,92 +732,172 @@ async fn propose_one(
                 batch::stamp(&mut b, base, epoch);
                 filter.appended(&b, base, last);
                 l.next_offset = last + 1;
+                let flight = InFlight::new(inner);
                 let (responder, rx) = ProgressResponder::complete_only();
                 let submitted = raft
                     .write(BatchData(b.freeze()))
                     .with_leader(CommittedLeaderId::new(term))
                     .responder(responder)
                     .await;
-                if let Err(e) = submitted {
-                    waits.push(Wait::Failed(Error::Failed(e.to_string())));
-                } else {
-                    waits.push(Wait::Commit(rx));
+                match submitted {
+                    Err(e) => {
+                        inner.refused.store(true, Ordering::Release);
+                        waits.push(Wait::Failed(Error::Failed(e.to_string())));
+                    }
+                    Ok(()) => waits.push(Wait::Commit(rx, flight)),
                 }
             }
-            Admit::Duplicate { base_offset } => waits.push(Wait::Dup(base_offset)),
+            Admit::Duplicate { base_offset } => waits.push(Wait::Dup(base_offset, header)),
             Admit::Reject(code) => waits.push(Wait::Done(ProposeOutcome::Rejected(code))),
         }
     }
-    let hw = inner.shared.hw.subscribe();
-    let me = inner.node_id;
+    let inner = inner.clone();
     tokio::spawn(async move {
-        let _ = p.reply.send(finish(waits, hw, me).await);
+        let res = finish(&inner, waits).await;
+        let _ = p.reply.send(res);
     });
 }
 
-/// Waits until this replica leads with a known term; answers NotLeader when another node
-/// leads, or when nobody does for [`WAIT_FOR_LEADER`].
+/// Waits until no write handed to openraft is still without an outcome.
+async fn settle(inner: &Inner) -> bool {
+    let mut n = inner.inflight.subscribe();
+    tokio::time::timeout(WAIT_FOR_LEADER, n.wait_for(|n| *n == 0))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Waits until this replica leads with a known term and a leader lease that will not run out
+/// before openraft sees the write (openraft refuses writes on an expired lease, e.g. right
+/// after an election or when the leader lost touch with its quorum). Answers NotLeader when
+/// another node leads, or when this state is not reached within [`WAIT_FOR_LEADER`].
 async fn current_term_as_leader(inner: &Inner, raft: &GroupRaft) -> Result<u64> {
-    let mut role = inner.role.subscribe();
+    let mut metrics = raft.metrics();
     let deadline = tokio::time::Instant::now() + WAIT_FOR_LEADER;
     loop {
         match raft.as_leader() {
-            Ok(leader) => return Ok(leader.term()),
+            Ok(leader) => {
+                let lone = metrics
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count()
+                    <= 1;
+                let fresh = lone
+                    || leader
+                        .last_quorum_acked()
+                        .is_some_and(|t| t.elapsed() < inner.usable_lease);
+                if fresh {
+                    return Ok(leader.term());
+                }
+            }
             Err(fwd) if fwd.leader_id.is_some() => {
                 return Err(Error::NotLeader {
                     leader: fwd.leader_id,
                 })
             }
-            Err(_) => {
-                let changed = tokio::time::timeout_at(deadline, role.changed()).await;
-                if !matches!(changed, Ok(Ok(()))) {
-                    return Err(Error::NotLeader { leader: None });
-                }
-            }
+            Err(_) => {}
+        }
+        let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Err(Error::NotLeader { leader: None });
         }
     }
 }
 
+type CommitRx = openraft::type_config::alias::OneshotReceiverOf<
+    crate::types::TypeConfig,
+    openraft::raft::ClientWriteResult<crate::types::TypeConfig>,
+>;
+
 enum Wait {
     Done(ProposeOutcome),
-    Dup(i64),
+    /// A retry of the batch committed (or in flight) at this base offset.
+    Dup(i64, BatchHeader),
     Failed(Error),
-    Commit(
-        openraft::type_config::alias::OneshotReceiverOf<
-            crate::types::TypeConfig,
-            openraft::raft::ClientWriteResult<crate::types::TypeConfig>,
-        >,
-    ),
+    Commit(CommitRx, InFlight),
 }
 
-async fn finish(
-    waits: Vec<Wait>,
-    mut hw: watch::Receiver<i64>,
-    me: NodeId,
-) -> Result<Vec<ProposeOutcome>> {
+/// Waits for the outcome of every batch of a proposal (all of them, so none is still in flight
+/// when it answers); the first failure answers the whole proposal.
+async fn finish(inner: &Inner, waits: Vec<Wait>) -> Result<Vec<ProposeOutcome>> {
     let mut out = Vec::with_capacity(waits.len());
+    let mut failed = None;
     for w in waits {
-        out.push(match w {
-            Wait::Done(o) => o,
-            Wait::Failed(e) => return Err(e),
-            Wait::Dup(base_offset) => {
-                // A retry of a batch that may still be in flight: answer once it is committed.
-                if hw.wait_for(|h| *h > base_offset).await.is_err() {
-                    return Err(Error::Closed);
-                }
-                ProposeOutcome::Duplicate { base_offset }
+        let outcome = match w {
+            Wait::Done(o) => Ok(o),
+            Wait::Failed(e) => Err(e),
+            Wait::Dup(base_offset, header) => confirm_duplicate(inner, base_offset, &header)
+                .await
+                .map(|()| ProposeOutcome::Duplicate { base_offset }),
+            Wait::Commit(rx, flight) => {
+                let res = match rx.await {
+                    Err(_) => {
+                        // Dropped without an answer: whether it reached the log is unknown.
+                        inner.refused.store(true, Ordering::Release);
+                        Err(Error::NotLeader { leader: None })
+                    }
+                    Ok(Err(e)) => {
+                        if matches!(
+                            e,
+                            ClientWriteError::ForwardToLeader(_)
+                                | ClientWriteError::PreconditionFailed(_)
+                        ) {
+                            // Refused before it reached the log.
+                            inner.refused.store(true, Ordering::Release);
+                        }
+                        Err(write_error(e, inner.node_id))
+                    }
+                    Ok(Ok(resp)) => match resp.data.offsets {
+                        Some((base_offset, _)) => Ok(ProposeOutcome::Appended { base_offset }),
+                        None => Err(Error::Failed("a batch applied without offsets".into())),
+                    },
+                };
+                drop(flight);
+                res
             }
-            Wait::Commit(rx) => match rx.await {
-                Err(_) => return Err(Error::Closed),
-                Ok(Err(e)) => return Err(write_error(e, me)),
-                Ok(Ok(resp)) => match resp.data.offsets {
-                    Some((base_offset, _)) => ProposeOutcome::Appended { base_offset },
-                    None => return Err(Error::Failed("a batch applied without offsets".into())),
-                },
-            },
-        });
+        };
+        match outcome {
+            Ok(o) => out.push(o),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     }
-    Ok(out)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// A duplicate is answered once the original is committed, and only if the committed batch at
+/// its offset really is the original (a write that was refused after the filter saw it leaves
+/// its offset to another batch): otherwise a retriable error, by which time the filter has
+/// been rebuilt from the log.
+async fn confirm_duplicate(inner: &Inner, base_offset: i64, dup: &BatchHeader) -> Result<()> {
+    let mut hw = inner.shared.hw.subscribe();
+    let reached = tokio::time::timeout(WAIT_FOR_LEADER, hw.wait_for(|h| *h > base_offset)).await;
+    match reached {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Err(Error::Closed),
+        Err(_) => return Err(Error::NotLeader { leader: None }),
+    }
+    let log = &inner.shared.log;
+    let hw = *inner.shared.hw.borrow();
+    let data = log.read(base_offset, 1, hw)?.data;
+    let same = BatchHeader::parse(&data).is_ok_and(|h| {
+        h.base_offset == base_offset
+            && h.producer_id == dup.producer_id
+            && h.producer_epoch == dup.producer_epoch
+            && h.base_sequence == dup.base_sequence
+            && h.last_offset_delta == dup.last_offset_delta
+    });
+    if same {
+        Ok(())
+    } else {
+        inner.refused.store(true, Ordering::Release);
+        Err(Error::NotLeader { leader: None })
+    }
 }
 
 fn write_error(e: ClientWriteError<crate::types::TypeConfig>, me: NodeId) -> Error {

@@ -332,3 +332,151 @@ async fn isolated_leader_acknowledges_nothing_and_rejoins() {
         assert_eq!(contents(c.part(id)), vec![(0, 1), (1, 2)], "replica {id}");
     }
 }
+
+/// A node on real loopback sockets: its cluster transport, the groups it hosts.
+struct TcpNode {
+    transport: crate::Transport,
+    parts: Vec<Partition>,
+}
+
+async fn tcp_node(
+    id: NodeId,
+    dir: &std::path::Path,
+    meta: &MetaStore,
+    addrs: &BTreeMap<NodeId, String>,
+    groups: &[&str],
+) -> TcpNode {
+    let transport = crate::Transport::new(crate::TransportConfig::new(id));
+    let registry = Registry::default();
+    transport
+        .serve(&addrs[&id], registry.handler())
+        .await
+        .expect("cluster listener");
+    for (peer, addr) in addrs {
+        if *peer != id {
+            transport.set_peer(*peer, addr.clone());
+        }
+    }
+    let node = RaftNode::new(
+        id,
+        meta.clone(),
+        std::sync::Arc::new(transport.clone()),
+        registry,
+        fast_config(),
+    )
+    .expect("node");
+    let parts = groups
+        .iter()
+        .map(|g| {
+            Partition::open(
+                &dir.join(g),
+                PartitionOptions {
+                    log: LogConfig::default(),
+                    node: node.clone(),
+                    group: (*g).into(),
+                    voters: addrs.clone(),
+                },
+                Box::new(AdmitAll),
+            )
+            .expect("open")
+        })
+        .collect();
+    TcpNode { transport, parts }
+}
+
+async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((id, _)) = nodes.iter().find(|(_, n)| n.parts[g].is_leader()) {
+            return *id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader for group {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three nodes over the TCP cluster transport, several groups multiplexed on one connection
+/// per peer pair; the node leading a group is stopped and started again on its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
+    let groups = ["a-0", "a-1", "b-0", "b-1"];
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        // Reserve a free port; the listener binds it again right after.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        addrs.insert(id, l.local_addr().expect("addr").to_string());
+    }
+    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().expect("tempdir")))
+        .collect();
+    let metas: BTreeMap<NodeId, MetaStore> = dirs
+        .iter()
+        .map(|(id, d)| (*id, MetaStore::open(&d.path().join("meta")).expect("meta")))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(
+            id,
+            tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &groups).await,
+        );
+    }
+
+    let mut acked: Vec<Vec<(i64, i32)>> = vec![Vec::new(); groups.len()];
+    for (g, _) in groups.iter().enumerate() {
+        let l = tcp_leader(&nodes, g).await;
+        let out = nodes[&l].parts[g]
+            .propose(vec![batch(4, g as u64), batch(1, 10 + g as u64)])
+            .await
+            .expect("commit");
+        assert_eq!(offsets(&out), vec![0, 4]);
+        acked[g].extend([(0, 4), (4, 1)]);
+    }
+    // Every group's traffic between two nodes shares one connection: each node accepted at
+    // most one connection from each of its two peers.
+    for n in nodes.values() {
+        assert!(
+            n.transport.accepted_connections() <= 2,
+            "accepted {} connections",
+            n.transport.accepted_connections()
+        );
+    }
+
+    // Stop the leader of group 0 (transport and groups), write on the new leader.
+    let old = tcp_leader(&nodes, 0).await;
+    let stopped = nodes.remove(&old).expect("leader node");
+    stopped.transport.shutdown().await;
+    for p in &stopped.parts {
+        p.close().await;
+    }
+    for (g, _) in groups.iter().enumerate() {
+        let l = tcp_leader(&nodes, g).await;
+        assert_ne!(l, old);
+        let out = nodes[&l].parts[g]
+            .propose(vec![batch(2, 20 + g as u64)])
+            .await
+            .expect("commit with one node down");
+        assert_eq!(offsets(&out), vec![5]);
+        acked[g].push((5, 2));
+    }
+
+    // The stopped node returns on its data and catches up on every group.
+    nodes.insert(
+        old,
+        tcp_node(old, dirs[&old].path(), &metas[&old], &addrs, &groups).await,
+    );
+    for n in nodes.values() {
+        for (g, p) in n.parts.iter().enumerate() {
+            wait_hw(p, 7).await;
+            assert_eq!(contents(p), acked[g]);
+        }
+    }
+    for n in nodes.values() {
+        for p in &n.parts {
+            p.close().await;
+        }
+        n.transport.shutdown().await;
+    }
+}
