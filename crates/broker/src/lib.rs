@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 mod conn;
 pub mod groups;
+pub mod metadata_log;
 pub mod metrics;
 mod producer_state;
 pub mod topic_config;
@@ -38,9 +39,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the metadata store and every partition under `config.data_dir`.
-    /// Blocking I/O; needs a tokio runtime (partition writer tasks are spawned).
-    pub fn open(config: BrokerConfig, metrics: Metrics) -> Result<Arc<Broker>, Error> {
+    /// Opens the metadata store, replays the metadata log and opens every partition under
+    /// `config.data_dir`. Blocks the calling thread for the I/O (a start-up step: call it
+    /// before serving); needs a multi-threaded tokio runtime.
+    pub async fn open(config: BrokerConfig, metrics: Metrics) -> Result<Arc<Broker>, Error> {
         std::fs::create_dir_all(&config.data_dir)?;
         let meta = storage::MetaStore::open(&config.data_dir.join("meta"))?;
         let cluster_id = match meta.get("default", b"cluster_id")? {
@@ -52,10 +54,16 @@ impl Broker {
             }
         };
         let producer_ids = ProducerIds::open(meta.clone())?;
-        let raft = raft::RaftNode::single(meta.clone());
+        let raft = raft::RaftNode::single(config.node_id as u64, meta.clone());
         let topics = TopicManager::open(&config, meta, raft, &metrics)?;
-        let groups = open_groups(&config, &topics)?;
-        Ok(Arc::new(Broker {
+        topics.migrate_legacy().await.map_err(|e| {
+            Error::Metadata(format!(
+                "moving topics into the metadata log: {}",
+                e.message
+            ))
+        })?;
+        let groups = open_groups(&config, &topics).await?;
+        let broker = Arc::new(Broker {
             config,
             topics,
             metrics,
@@ -63,7 +71,9 @@ impl Broker {
             groups,
             cluster_id,
             ready: AtomicBool::new(false),
-        }))
+        });
+        tokio::spawn(tail_metadata(Arc::downgrade(&broker)));
+        Ok(broker)
     }
 
     /// The group coordinator.
@@ -117,13 +127,17 @@ impl Broker {
 /// Creates `__consumer_offsets` on first start (no time or size retention: it holds the
 /// only copy of committed offsets, and compaction does not exist yet) and rebuilds the
 /// groups from it.
-fn open_groups(config: &BrokerConfig, topics: &TopicManager) -> Result<Arc<Coordinator>, Error> {
+async fn open_groups(
+    config: &BrokerConfig,
+    topics: &TopicManager,
+) -> Result<Arc<Coordinator>, Error> {
     let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let topic = topics
         .ensure_internal(OFFSETS_TOPIC, config.offsets_topic_num_partitions, configs)
+        .await
         .map_err(|e| Error::Metadata(format!("creating {OFFSETS_TOPIC}: {}", e.message)))?;
     let settings = GroupSettings {
         min_session_timeout_ms: config.group_min_session_timeout_ms,
@@ -136,6 +150,20 @@ fn open_groups(config: &BrokerConfig, topics: &TopicManager) -> Result<Arc<Coord
     };
     let partitions = topic.partitions.iter().map(|p| p.replica.clone()).collect();
     Ok(Coordinator::load(settings, partitions)?)
+}
+
+/// Applies metadata records committed by other nodes' proposals as they commit.
+async fn tail_metadata(broker: std::sync::Weak<Broker>) {
+    let mut hw = match broker.upgrade() {
+        Some(b) => b.topics.controller().subscribe(),
+        None => return,
+    };
+    while hw.changed().await.is_ok() {
+        let Some(b) = broker.upgrade() else { return };
+        if let Err(e) = b.topics.apply_committed().await {
+            tracing::error!(error = %e.message, "applying the metadata log");
+        }
+    }
 }
 
 /// A Kafka-style cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).

@@ -1,13 +1,16 @@
-//! The topic manager: topics, their partitions and configs, persisted in the metadata store.
+//! The topic manager: topics, their partitions and configs, as the cluster metadata log
+//! (`metadata_log`, the controller's Raft group) says.
 //!
-//! A [`Topic`] is immutable; a change (new partitions, new configs) replaces it in the map, so
+//! A change is proposed to the metadata log and applied to the view when committed, on every
+//! node alike; the request that asked for it is answered once the local view has it. A
+//! [`Topic`] is immutable; a change (new partitions, new configs) replaces it in the map, so
 //! request handlers work on a consistent snapshot without holding locks. Create, delete and
-//! alter are serialised by one async mutex. The replication issue moves these records into the
-//! controller's Raft group; the partition handles stay the same.
+//! alter requests of one node are serialised by one async mutex.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use raft::{LogConfig, Partition, PartitionOptions, RaftNode};
@@ -16,6 +19,7 @@ use storage::MetaStore;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::metadata_log::{self, MetaRecord, METADATA_GROUP, METADATA_TOPIC};
 use crate::metrics::{Metrics, TopicMetrics};
 use crate::producer_state::ProducerTable;
 use crate::topic_config::{self, ConfigError, ResolvedConfig};
@@ -54,6 +58,8 @@ fn storage_error(e: impl std::fmt::Display) -> ApiError {
 /// One partition replica of a topic.
 pub struct PartitionState {
     pub index: i32,
+    /// The nodes holding a replica (the first is the preferred leader).
+    pub replicas: Vec<i32>,
     pub replica: Partition,
 }
 
@@ -110,7 +116,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Every topic of the node.
+/// What the metadata log says about one topic (folded from its records).
+struct TopicSpec {
+    id: Uuid,
+    replicas: Vec<Vec<i32>>,
+    configs: BTreeMap<String, String>,
+}
+
+/// Every topic of the node: the local view of the cluster metadata log.
 pub struct TopicManager {
     broker: BrokerConfig,
     meta: MetaStore,
@@ -119,10 +132,19 @@ pub struct TopicManager {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     admin: tokio::sync::Mutex<()>,
     raft: RaftNode,
+    /// The cluster's nodes (broker ids); today the one local node.
+    nodes: Vec<i32>,
+    /// The metadata partition (`__cluster_metadata-0`).
+    controller: Partition,
+    /// The metadata offset up to which the view is applied; held while applying.
+    applied: tokio::sync::Mutex<i64>,
+    /// Topics found in the pre-metadata-log store, to be written into the log at start-up.
+    legacy: parking_lot::Mutex<Vec<MetaRecord>>,
 }
 
 impl TopicManager {
-    /// Loads every topic from the metadata store and opens its partitions.
+    /// Opens the metadata partition, replays its committed records into the view and opens
+    /// every partition of every topic. Blocking I/O; needs a tokio runtime.
     pub fn open(
         broker: &BrokerConfig,
         meta: MetaStore,
@@ -132,29 +154,79 @@ impl TopicManager {
         let log_dir = broker.data_dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
         remove_deleted_dirs(&log_dir);
+        let nodes = vec![broker.node_id];
+        let voters = nodes.iter().map(|n| (*n as u64, String::new())).collect();
+        let controller = Partition::open(
+            &log_dir.join(METADATA_GROUP),
+            PartitionOptions {
+                log: LogConfig {
+                    fsync: broker.fsync.clone(),
+                    ..LogConfig::default()
+                },
+                node: raft.clone(),
+                group: METADATA_GROUP.into(),
+                voters,
+            },
+            Box::new(raft::AdmitAll),
+        )?;
+        let (records, applied) = metadata_log::read_committed(&controller, 0)?;
+        let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
+        for (_, rec) in &records {
+            fold(&mut specs, rec);
+        }
+        let mut legacy = Vec::new();
+        if records.is_empty() {
+            // A data directory from before the metadata log: its topics are taken as they are
+            // and written into the log at start-up.
+            for (key, value) in meta.scan_prefix(CF_TOPICS, b"")? {
+                let name = String::from_utf8(key)
+                    .map_err(|_| Error::Metadata("topic name is not UTF-8".into()))?;
+                let rec: TopicRecord = serde_json::from_slice(&value)
+                    .map_err(|e| Error::Metadata(format!("topic {name}: {e}")))?;
+                let replicas = vec![vec![broker.node_id]; rec.partitions.max(0) as usize];
+                legacy.push(MetaRecord::CreateTopic {
+                    name: name.clone(),
+                    id: rec.id,
+                    replicas: replicas.clone(),
+                    configs: rec.configs.clone(),
+                });
+                specs.insert(
+                    name,
+                    TopicSpec {
+                        id: rec.id,
+                        replicas,
+                        configs: rec.configs,
+                    },
+                );
+            }
+        }
         let mut topics = HashMap::new();
-        for (key, value) in meta.scan_prefix(CF_TOPICS, b"")? {
-            let name = String::from_utf8(key)
-                .map_err(|_| Error::Metadata("topic name is not UTF-8".into()))?;
-            let rec: TopicRecord = serde_json::from_slice(&value)
-                .map_err(|e| Error::Metadata(format!("topic {name}: {e}")))?;
-            let config = ResolvedConfig::resolve(&rec.configs, broker);
-            let mut partitions = Vec::with_capacity(rec.partitions as usize);
-            for p in 0..rec.partitions {
-                partitions.push(open_partition(&log_dir, &name, p, &config, broker, &raft)?);
+        for (name, spec) in specs {
+            let config = ResolvedConfig::resolve(&spec.configs, broker);
+            let mut partitions = Vec::with_capacity(spec.replicas.len());
+            for (p, replicas) in spec.replicas.iter().enumerate() {
+                let p = p as i32;
+                claim_dir(&log_dir, &meta, &name, p, spec.id, false)?;
+                partitions.push(open_partition(
+                    &log_dir, &name, p, replicas, &config, broker, &raft,
+                )?);
             }
             let topic = Topic {
                 metrics: TopicMetrics::new(metrics, &name),
                 internal: name.starts_with("__"),
                 name: name.clone(),
-                id: rec.id,
+                id: spec.id,
                 partitions,
-                overrides: rec.configs,
+                overrides: spec.configs,
                 config,
             };
             topics.insert(name, Arc::new(topic));
         }
-        tracing::info!(topics = topics.len(), "loaded topics");
+        tracing::info!(
+            topics = topics.len(),
+            metadata_records = records.len(),
+            "loaded topics from {METADATA_TOPIC}"
+        );
         Ok(TopicManager {
             broker: broker.clone(),
             meta,
@@ -163,7 +235,37 @@ impl TopicManager {
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
             raft,
+            nodes,
+            controller,
+            applied: tokio::sync::Mutex::new(applied),
+            legacy: parking_lot::Mutex::new(legacy),
         })
+    }
+
+    /// Writes topics of a pre-metadata-log data directory into the metadata log (once).
+    pub async fn migrate_legacy(&self) -> Result<(), ApiError> {
+        let records = std::mem::take(&mut *self.legacy.lock());
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = records.len();
+        for rec in records {
+            self.propose(rec).await?;
+        }
+        for (key, _) in self
+            .meta
+            .scan_prefix(CF_TOPICS, b"")
+            .map_err(storage_error)?
+        {
+            self.meta.delete(CF_TOPICS, &key).map_err(storage_error)?;
+        }
+        tracing::info!(topics = n, "moved topics into {METADATA_TOPIC}");
+        Ok(())
+    }
+
+    /// The metadata partition (the tailer waits on its high watermark).
+    pub fn controller(&self) -> &Partition {
+        &self.controller
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -191,6 +293,12 @@ impl TopicManager {
         configs: &BTreeMap<String, String>,
     ) -> Result<(i32, i16), ApiError> {
         validate_topic_name(name)?;
+        if name == METADATA_TOPIC {
+            return Err(ApiError::new(
+                codes::INVALID_TOPIC_EXCEPTION,
+                format!("'{name}' is reserved for the cluster metadata log"),
+            ));
+        }
         if self.topics.read().contains_key(name) {
             return Err(ApiError::new(
                 codes::TOPIC_ALREADY_EXISTS,
@@ -225,10 +333,13 @@ impl TopicManager {
                 format!("replication factor must be positive, got {replication_factor}"),
             ));
         }
-        if rf > 1 {
+        if rf as usize > self.nodes.len() {
             return Err(ApiError::new(
                 codes::INVALID_REPLICATION_FACTOR,
-                format!("replication factor {rf} is larger than the number of brokers (1)"),
+                format!(
+                    "replication factor {rf} is larger than the number of brokers ({})",
+                    self.nodes.len()
+                ),
             ));
         }
         for (k, v) in configs {
@@ -237,7 +348,21 @@ impl TopicManager {
         Ok((partitions, rf))
     }
 
-    /// Creates a topic (after [`check_create`](Self::check_create)'s checks).
+    /// Replica lists for `count` partitions starting at index `first`: replication factor
+    /// `rf`, spread round-robin over the nodes (the first replica is the preferred leader).
+    fn assign(&self, first: i32, count: i32, rf: i16) -> Vec<Vec<i32>> {
+        let n = self.nodes.len();
+        (first..first + count)
+            .map(|p| {
+                (0..rf as usize)
+                    .map(|r| self.nodes[(p as usize + r) % n])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Creates a topic (after [`check_create`](Self::check_create)'s checks): proposes it to
+    /// the metadata log and answers once the local view has applied it.
     pub async fn create(
         &self,
         name: &str,
@@ -246,12 +371,28 @@ impl TopicManager {
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, ApiError> {
         let _guard = self.admin.lock().await;
-        self.create_locked(name, num_partitions, replication_factor, configs)
+        let (partitions, rf) =
+            self.check_create(name, num_partitions, replication_factor, &configs)?;
+        let id = Uuid::new_v4();
+        self.propose(MetaRecord::CreateTopic {
+            name: name.to_string(),
+            id,
+            replicas: self.assign(0, partitions, rf),
+            configs,
+        })
+        .await?;
+        match self.get(name) {
+            Some(t) if t.id == id => Ok(t),
+            _ => Err(ApiError::new(
+                codes::TOPIC_ALREADY_EXISTS,
+                format!("topic '{name}' was created concurrently"),
+            )),
+        }
     }
 
-    /// Creates an internal topic at start-up if it does not exist yet (before any request is
-    /// served, so nothing races with it). Returns the topic.
-    pub fn ensure_internal(
+    /// Creates an internal topic at start-up if it does not exist yet (replication factor:
+    /// every node, up to 3). Returns the topic.
+    pub async fn ensure_internal(
         &self,
         name: &str,
         num_partitions: i32,
@@ -260,101 +401,34 @@ impl TopicManager {
         if let Some(t) = self.get(name) {
             return Ok(t);
         }
-        let _guard = self
-            .admin
-            .try_lock()
-            .map_err(|_| ApiError::new(codes::INVALID_REQUEST, "topic admin busy at start-up"))?;
-        self.create_locked(name, num_partitions, 1, configs)
-    }
-
-    fn create_locked(
-        &self,
-        name: &str,
-        num_partitions: i32,
-        replication_factor: i16,
-        configs: BTreeMap<String, String>,
-    ) -> Result<Arc<Topic>, ApiError> {
-        let (partitions, _rf) =
-            self.check_create(name, num_partitions, replication_factor, &configs)?;
-        let id = Uuid::new_v4();
-        let config = ResolvedConfig::resolve(&configs, &self.broker);
-        let mut opened = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let dir = partition_dir(&self.log_dir, name, p);
-            if dir.exists() {
-                // Left over from a crash between directory creation and the metadata write.
-                std::fs::remove_dir_all(&dir).map_err(storage_error)?;
-            }
-            raft::forget_group(&self.meta, &group_key(name, p)).map_err(storage_error)?;
-            opened.push(
-                open_partition(&self.log_dir, name, p, &config, &self.broker, &self.raft)
-                    .map_err(storage_error)?,
-            );
+        let rf = self.nodes.len().min(3) as i16;
+        match self.create(name, num_partitions, rf, configs).await {
+            Ok(t) => Ok(t),
+            Err(_) if self.get(name).is_some() => Ok(self.get(name).expect("checked")),
+            Err(e) => Err(e),
         }
-        let rec = TopicRecord {
-            id,
-            partitions,
-            configs: configs.clone(),
-        };
-        self.persist(name, &rec)?;
-        let topic = Arc::new(Topic {
-            metrics: TopicMetrics::new(&self.metrics, name),
-            internal: name.starts_with("__"),
-            name: name.to_string(),
-            id,
-            partitions: opened,
-            overrides: configs,
-            config,
-        });
-        self.topics.write().insert(name.to_string(), topic.clone());
-        tracing::info!(topic = name, partitions, "created topic");
-        Ok(topic)
     }
 
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
-        if self.get(name).is_some_and(|t| t.internal) {
-            return Err(ApiError::new(
-                codes::INVALID_TOPIC_EXCEPTION,
-                format!("'{name}' is an internal topic and cannot be deleted"),
-            ));
-        }
-        let Some(topic) = self.topics.write().remove(name) else {
+        let Some(topic) = self.get(name) else {
             return Err(ApiError::new(
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic '{name}' does not exist"),
             ));
         };
-        self.meta
-            .delete(CF_TOPICS, name.as_bytes())
-            .map_err(storage_error)?;
-        for p in &topic.partitions {
-            p.replica.close().await;
-            if let Err(e) = p.replica.forget() {
-                tracing::warn!(error = %e, topic = name, partition = p.index, "forgetting raft state");
-            }
-            let dir = partition_dir(&self.log_dir, name, p.index);
-            let gone = self.log_dir.join(format!(
-                "{}-{}.{}.deleted",
-                name,
-                p.index,
-                Uuid::new_v4().simple()
+        if topic.internal {
+            return Err(ApiError::new(
+                codes::INVALID_TOPIC_EXCEPTION,
+                format!("'{name}' is an internal topic and cannot be deleted"),
             ));
-            if let Err(e) = std::fs::rename(&dir, &gone) {
-                tracing::warn!(error = %e, dir = %dir.display(), "renaming deleted partition");
-                continue;
-            }
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = std::fs::remove_dir_all(&gone) {
-                    tracing::warn!(error = %e, dir = %gone.display(), "removing deleted partition");
-                }
-            });
         }
-        self.metrics
-            .remove_topic(name, topic.partitions.len() as i32);
-        tracing::info!(topic = name, "deleted topic");
-        Ok(())
+        self.propose(MetaRecord::DeleteTopic {
+            name: name.to_string(),
+            id: topic.id,
+        })
+        .await
     }
 
     /// Checks that a topic can grow to `count` partitions.
@@ -391,38 +465,31 @@ impl TopicManager {
         Ok(topic)
     }
 
-    /// CreatePartitions: grows a topic to `count` partitions.
+    /// CreatePartitions: grows a topic to `count` partitions (same replication factor).
     pub async fn add_partitions(&self, name: &str, count: i32) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
         let topic = self.check_partitions(name, count)?;
-        let mut partitions = topic.partitions.clone();
-        for p in topic.partitions.len() as i32..count {
-            let dir = partition_dir(&self.log_dir, name, p);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(storage_error)?;
-            }
-            raft::forget_group(&self.meta, &group_key(name, p)).map_err(storage_error)?;
-            partitions.push(
-                open_partition(
-                    &self.log_dir,
-                    name,
-                    p,
-                    &topic.config,
-                    &self.broker,
-                    &self.raft,
-                )
-                .map_err(storage_error)?,
-            );
-        }
-        let rec = TopicRecord {
+        let have = topic.partitions.len() as i32;
+        let rf = topic
+            .partitions
+            .first()
+            .map(|p| p.replicas.len() as i16)
+            .unwrap_or(1)
+            .max(1);
+        self.propose(MetaRecord::AddPartitions {
+            name: name.to_string(),
             id: topic.id,
-            partitions: count,
-            configs: topic.overrides.clone(),
-        };
-        self.persist(name, &rec)?;
-        self.replace(&topic, |t| t.partitions = partitions);
-        tracing::info!(topic = name, partitions = count, "added partitions");
-        Ok(())
+            from: have,
+            replicas: self.assign(have, count - have, rf),
+        })
+        .await?;
+        match self.get(name) {
+            Some(t) if t.partitions.len() as i32 == count => Ok(()),
+            _ => Err(ApiError::new(
+                codes::INVALID_PARTITIONS,
+                format!("topic '{name}' changed concurrently"),
+            )),
+        }
     }
 
     /// Replaces the explicitly set configs of a topic (callers validate first).
@@ -442,22 +509,212 @@ impl TopicManager {
         for (k, v) in &overrides {
             topic_config::validate(k, v)?;
         }
-        let rec = TopicRecord {
+        self.propose(MetaRecord::SetConfigs {
+            name: name.to_string(),
             id: topic.id,
-            partitions: topic.partitions.len() as i32,
-            configs: overrides.clone(),
+            configs: overrides,
+        })
+        .await
+    }
+
+    /// Proposes a record to the metadata log and waits until the local view has applied it.
+    async fn propose(&self, rec: MetaRecord) -> Result<(), ApiError> {
+        let batch = metadata_log::encode(&rec, crate::now_ms());
+        let out = self
+            .controller
+            .propose(vec![batch])
+            .await
+            .map_err(|e| match e {
+                raft::Error::NotLeader { .. } | raft::Error::Closed => ApiError::new(
+                    codes::NOT_CONTROLLER,
+                    format!("the metadata log has no leader here: {e}"),
+                ),
+                other => storage_error(other),
+            })?;
+        let base = match out.first() {
+            Some(raft::ProposeOutcome::Appended { base_offset }) => *base_offset,
+            other => {
+                return Err(ApiError::new(
+                    codes::UNKNOWN_SERVER_ERROR,
+                    format!("metadata record not appended: {other:?}"),
+                ))
+            }
         };
-        self.persist(name, &rec)?;
-        let config = ResolvedConfig::resolve(&overrides, &self.broker);
-        let log = log_config(&config, &self.broker);
-        for p in &topic.partitions {
-            p.replica.set_log_config(log.clone());
+        self.catch_up(base + 1).await
+    }
+
+    /// Applies committed metadata records until the view has reached offset `target`.
+    pub async fn catch_up(&self, target: i64) -> Result<(), ApiError> {
+        let mut hw = self.controller.subscribe();
+        let reached = tokio::time::timeout(Duration::from_secs(30), hw.wait_for(|h| *h >= target))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            return Err(ApiError::new(
+                codes::REQUEST_TIMED_OUT,
+                "the metadata log did not commit in time",
+            ));
         }
-        self.replace(&topic, |t| {
-            t.overrides = overrides;
-            t.config = config;
-        });
+        self.apply_committed().await
+    }
+
+    /// Applies every metadata record committed since the last call.
+    pub async fn apply_committed(&self) -> Result<(), ApiError> {
+        let mut applied = self.applied.lock().await;
+        let (records, end) =
+            metadata_log::read_committed(&self.controller, *applied).map_err(storage_error)?;
+        for (after, rec) in records {
+            self.apply(rec).await;
+            *applied = after;
+        }
+        *applied = (*applied).max(end);
         Ok(())
+    }
+
+    /// Applies one committed record to the view (idempotent: stale records are skipped).
+    async fn apply(&self, rec: MetaRecord) {
+        match rec {
+            MetaRecord::CreateTopic {
+                name,
+                id,
+                replicas,
+                configs,
+            } => {
+                if self.get(&name).is_some() {
+                    return;
+                }
+                let config = ResolvedConfig::resolve(&configs, &self.broker);
+                let mut opened = Vec::with_capacity(replicas.len());
+                for (p, r) in replicas.iter().enumerate() {
+                    let p = p as i32;
+                    let res =
+                        claim_dir(&self.log_dir, &self.meta, &name, p, id, true).and_then(|()| {
+                            open_partition(
+                                &self.log_dir,
+                                &name,
+                                p,
+                                r,
+                                &config,
+                                &self.broker,
+                                &self.raft,
+                            )
+                        });
+                    match res {
+                        Ok(part) => opened.push(part),
+                        Err(e) => {
+                            tracing::error!(topic = %name, partition = p, error = %e, "opening a partition of a new topic");
+                            return;
+                        }
+                    }
+                }
+                let partitions = opened.len();
+                let topic = Arc::new(Topic {
+                    metrics: TopicMetrics::new(&self.metrics, &name),
+                    internal: name.starts_with("__"),
+                    name: name.clone(),
+                    id,
+                    partitions: opened,
+                    overrides: configs,
+                    config,
+                });
+                self.topics.write().insert(name.clone(), topic);
+                tracing::info!(topic = %name, partitions, "created topic");
+            }
+            MetaRecord::DeleteTopic { name, id } => {
+                let topic = {
+                    let mut topics = self.topics.write();
+                    match topics.get(&name) {
+                        Some(t) if t.id == id => topics.remove(&name),
+                        _ => None,
+                    }
+                };
+                if let Some(topic) = topic {
+                    self.remove_data(&topic).await;
+                    tracing::info!(topic = %name, "deleted topic");
+                }
+            }
+            MetaRecord::AddPartitions {
+                name,
+                id,
+                from,
+                replicas,
+            } => {
+                let Some(topic) = self.get(&name) else { return };
+                if topic.id != id || topic.partitions.len() as i32 != from {
+                    return;
+                }
+                let mut partitions = topic.partitions.clone();
+                for (i, r) in replicas.iter().enumerate() {
+                    let p = from + i as i32;
+                    let res =
+                        claim_dir(&self.log_dir, &self.meta, &name, p, id, true).and_then(|()| {
+                            open_partition(
+                                &self.log_dir,
+                                &name,
+                                p,
+                                r,
+                                &topic.config,
+                                &self.broker,
+                                &self.raft,
+                            )
+                        });
+                    match res {
+                        Ok(part) => partitions.push(part),
+                        Err(e) => {
+                            tracing::error!(topic = %name, partition = p, error = %e, "opening a new partition");
+                            break;
+                        }
+                    }
+                }
+                let count = partitions.len();
+                self.replace(&topic, |t| t.partitions = partitions);
+                tracing::info!(topic = %name, partitions = count, "added partitions");
+            }
+            MetaRecord::SetConfigs { name, id, configs } => {
+                let Some(topic) = self.get(&name) else { return };
+                if topic.id != id {
+                    return;
+                }
+                let config = ResolvedConfig::resolve(&configs, &self.broker);
+                let log = log_config(&config, &self.broker);
+                for p in &topic.partitions {
+                    p.replica.set_log_config(log.clone());
+                }
+                self.replace(&topic, |t| {
+                    t.overrides = configs;
+                    t.config = config;
+                });
+            }
+        }
+    }
+
+    /// Closes a deleted topic's replicas and removes their data and Raft state.
+    async fn remove_data(&self, topic: &Topic) {
+        let name = &topic.name;
+        for p in &topic.partitions {
+            p.replica.close().await;
+            if let Err(e) = p.replica.forget() {
+                tracing::warn!(error = %e, topic = %name, partition = p.index, "forgetting raft state");
+            }
+            let dir = partition_dir(&self.log_dir, name, p.index);
+            let gone = self.log_dir.join(format!(
+                "{}-{}.{}.deleted",
+                name,
+                p.index,
+                Uuid::new_v4().simple()
+            ));
+            if let Err(e) = std::fs::rename(&dir, &gone) {
+                tracing::warn!(error = %e, dir = %dir.display(), "renaming deleted partition");
+                continue;
+            }
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&gone) {
+                    tracing::warn!(error = %e, dir = %gone.display(), "removing deleted partition");
+                }
+            });
+        }
+        self.metrics
+            .remove_topic(name, topic.partitions.len() as i32);
     }
 
     fn replace(&self, old: &Topic, change: impl FnOnce(&mut Topic)) {
@@ -472,13 +729,6 @@ impl TopicManager {
         };
         change(&mut new);
         self.topics.write().insert(old.name.clone(), Arc::new(new));
-    }
-
-    fn persist(&self, name: &str, rec: &TopicRecord) -> Result<(), ApiError> {
-        let value = serde_json::to_vec(rec).map_err(storage_error)?;
-        self.meta
-            .put(CF_TOPICS, name.as_bytes(), &value)
-            .map_err(storage_error)
     }
 
     /// Applies retention to every partition and refreshes the per-partition gauges.
@@ -519,13 +769,15 @@ impl TopicManager {
         }
     }
 
-    /// Closes every partition (commits what is queued, syncs, marks a clean shutdown).
+    /// Closes every partition and the metadata partition (commits what is queued, syncs,
+    /// marks a clean shutdown).
     pub async fn close_all(&self) {
         for topic in self.all() {
             for p in &topic.partitions {
                 p.replica.close().await;
             }
         }
+        self.controller.close().await;
     }
 }
 
@@ -552,23 +804,110 @@ fn open_partition(
     log_dir: &Path,
     topic: &str,
     partition: i32,
+    replicas: &[i32],
     config: &ResolvedConfig,
     broker: &BrokerConfig,
     raft: &RaftNode,
 ) -> Result<Arc<PartitionState>, Error> {
+    let voters = replicas
+        .iter()
+        .map(|r| (*r as u64, String::new()))
+        .collect();
     let replica = Partition::open(
         &partition_dir(log_dir, topic, partition),
-        PartitionOptions::single(
-            log_config(config, broker),
-            raft.clone(),
-            group_key(topic, partition),
-        ),
+        PartitionOptions {
+            log: log_config(config, broker),
+            node: raft.clone(),
+            group: group_key(topic, partition),
+            voters,
+        },
         Box::new(ProducerTable::default()),
     )?;
     Ok(Arc::new(PartitionState {
         index: partition,
+        replicas: replicas.to_vec(),
         replica,
     }))
+}
+
+/// Folds one metadata record into the topic specs (start-up replay).
+fn fold(specs: &mut BTreeMap<String, TopicSpec>, rec: &MetaRecord) {
+    match rec {
+        MetaRecord::CreateTopic {
+            name,
+            id,
+            replicas,
+            configs,
+        } => {
+            specs.entry(name.clone()).or_insert_with(|| TopicSpec {
+                id: *id,
+                replicas: replicas.clone(),
+                configs: configs.clone(),
+            });
+        }
+        MetaRecord::DeleteTopic { name, id } => {
+            if specs.get(name).is_some_and(|s| s.id == *id) {
+                specs.remove(name);
+            }
+        }
+        MetaRecord::AddPartitions {
+            name,
+            id,
+            from,
+            replicas,
+        } => {
+            if let Some(s) = specs.get_mut(name) {
+                if s.id == *id && s.replicas.len() as i32 == *from {
+                    s.replicas.extend(replicas.iter().cloned());
+                }
+            }
+        }
+        MetaRecord::SetConfigs { name, id, configs } => {
+            if let Some(s) = specs.get_mut(name) {
+                if s.id == *id {
+                    s.configs = configs.clone();
+                }
+            }
+        }
+    }
+}
+
+/// The file in a partition directory naming the topic id it belongs to.
+const TOPIC_ID_FILE: &str = "topic.id";
+
+/// Makes sure the directory of partition `p` of topic `id` holds nothing of another topic of
+/// the same name (a deleted one whose removal a crash interrupted): such a directory and its
+/// Raft state are removed. A directory without a marker is taken as this topic's unless
+/// `fresh` (the topic is being created now), then it is left over from a crash and removed.
+fn claim_dir(
+    log_dir: &Path,
+    meta: &MetaStore,
+    topic: &str,
+    p: i32,
+    id: Uuid,
+    fresh: bool,
+) -> Result<(), Error> {
+    let dir = partition_dir(log_dir, topic, p);
+    let marker = dir.join(TOPIC_ID_FILE);
+    let mine = match std::fs::read_to_string(&marker) {
+        Ok(s) => s.trim() == id.to_string(),
+        Err(_) => !fresh,
+    };
+    if dir.exists() && !mine {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    if !dir.exists() {
+        raft::forget_group(meta, &group_key(topic, p)).map_err(Error::Io)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    if !marker.exists() {
+        let tmp = dir.join(format!("{TOPIC_ID_FILE}.tmp"));
+        std::fs::write(&tmp, id.to_string())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &marker)?;
+        std::fs::File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn remove_deleted_dirs(log_dir: &Path) {
@@ -581,5 +920,142 @@ fn remove_deleted_dirs(log_dir: &Path) {
                 tracing::warn!(error = %err, dir = %e.path().display(), "removing deleted partition");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn config(dir: &Path) -> BrokerConfig {
+        BrokerConfig {
+            node_id: 1,
+            data_dir: dir.to_path_buf(),
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn open(cfg: &BrokerConfig, meta: &MetaStore) -> TopicManager {
+        TopicManager::open(
+            cfg,
+            meta.clone(),
+            RaftNode::single(1, meta.clone()),
+            &Metrics::new(),
+        )
+        .expect("open")
+    }
+
+    fn batch() -> BytesMut {
+        crate::groups::store::encode_batch(
+            &[(
+                bytes::Bytes::from_static(b"k"),
+                Some(bytes::Bytes::from_static(b"v")),
+            )],
+            0,
+        )
+    }
+
+    /// Topics live in the metadata log: created, altered, grown and deleted topics come back
+    /// as they were after a restart, with their data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topics_survive_restart_through_the_metadata_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+        let tm = open(&cfg, &meta);
+        let a = tm
+            .create("a", 2, 1, BTreeMap::new())
+            .await
+            .expect("create a");
+        tm.create("b", 1, 1, BTreeMap::new())
+            .await
+            .expect("create b");
+        a.partitions[1]
+            .replica
+            .propose(vec![batch()])
+            .await
+            .expect("produce");
+        tm.add_partitions("a", 3).await.expect("grow");
+        tm.set_configs("a", |_| {
+            Ok([("retention.ms".to_string(), "1000".to_string())].into())
+        })
+        .await
+        .expect("alter");
+        tm.delete("b").await.expect("delete");
+        assert!(matches!(
+            tm.check_create(METADATA_TOPIC, 1, 1, &BTreeMap::new()),
+            Err(e) if e.code == codes::INVALID_TOPIC_EXCEPTION
+        ));
+        assert!(matches!(
+            tm.check_create("c", 1, 2, &BTreeMap::new()),
+            Err(e) if e.code == codes::INVALID_REPLICATION_FACTOR
+        ));
+        tm.close_all().await;
+
+        let tm = open(&cfg, &meta);
+        let a = tm.get("a").expect("a is back");
+        assert_eq!(a.partitions.len(), 3);
+        assert_eq!(
+            a.overrides.get("retention.ms").map(String::as_str),
+            Some("1000")
+        );
+        assert_eq!(a.partitions[1].replica.high_watermark(), 1);
+        assert!(tm.get("b").is_none());
+        // b can be created again, empty.
+        let b = tm
+            .create("b", 1, 1, BTreeMap::new())
+            .await
+            .expect("create b again");
+        assert_eq!(b.partitions[0].replica.high_watermark(), 0);
+        tm.close_all().await;
+    }
+
+    /// A data directory from before the metadata log keeps its topics and their data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_topics_move_into_the_metadata_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+        // What an older node left: a topic record in the store and its partition log.
+        let id = Uuid::new_v4();
+        let rec = TopicRecord {
+            id,
+            partitions: 1,
+            configs: BTreeMap::new(),
+        };
+        meta.put(CF_TOPICS, b"old", &serde_json::to_vec(&rec).expect("json"))
+            .expect("put");
+        {
+            let log_dir = dir.path().join("log");
+            let p = Partition::open(
+                &partition_dir(&log_dir, "old", 0),
+                PartitionOptions::single(
+                    LogConfig::default(),
+                    RaftNode::single(1, meta.clone()),
+                    group_key("old", 0),
+                ),
+                Box::new(raft::AdmitAll),
+            )
+            .expect("old partition");
+            p.propose(vec![batch(), batch()]).await.expect("produce");
+            p.close().await;
+        }
+        let tm = open(&cfg, &meta);
+        tm.migrate_legacy().await.expect("migrate");
+        assert_eq!(
+            tm.get("old").expect("old").partitions[0]
+                .replica
+                .high_watermark(),
+            2
+        );
+        tm.close_all().await;
+        assert!(meta.scan_prefix(CF_TOPICS, b"").expect("scan").is_empty());
+
+        let tm = open(&cfg, &meta);
+        let old = tm.get("old").expect("old from the metadata log");
+        assert_eq!(old.id, id);
+        assert_eq!(old.partitions[0].replica.high_watermark(), 2);
+        tm.close_all().await;
     }
 }

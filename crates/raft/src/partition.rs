@@ -119,9 +119,9 @@ impl RaftNode {
     }
 
     /// A lone node: every group has this one voter and no peer is ever called.
-    pub fn single(meta: MetaStore) -> RaftNode {
+    pub fn single(id: NodeId, meta: MetaStore) -> RaftNode {
         RaftNode::new(
-            1,
+            id,
             meta,
             Arc::new(NoPeers),
             Registry::default(),
@@ -596,7 +596,9 @@ async fn start_group(
             tracing::debug!(error = %e, "initialize");
         }
     }
-    if voters.len() == 1 && voters.contains_key(&me) {
+    // A new lone voter elects itself as part of initialize; a restarted one would wait out an
+    // election timeout first.
+    if initialized && voters.len() == 1 && voters.contains_key(&me) {
         raft.trigger()
             .elect(false)
             .await

@@ -173,7 +173,11 @@ async fn single_voter_commits_and_survives_restart() {
     let open = || {
         Partition::open(
             &dir.path().join("log"),
-            PartitionOptions::single(LogConfig::default(), RaftNode::single(meta.clone()), "s-0"),
+            PartitionOptions::single(
+                LogConfig::default(),
+                RaftNode::single(1, meta.clone()),
+                "s-0",
+            ),
             Box::new(AdmitAll),
         )
         .expect("open")

@@ -54,7 +54,8 @@ async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let broker_cfg = cfg.broker.clone();
-    let broker = tokio::task::block_in_place(|| Broker::open(broker_cfg, metrics))
+    let broker = Broker::open(broker_cfg, metrics)
+        .await
         .with_context(|| format!("opening data directory {}", cfg.broker.data_dir.display()))?;
     let shutdown = CancellationToken::new();
 

@@ -1449,7 +1449,7 @@ mod tests {
 
     fn open_partitions(dir: &std::path::Path, n: usize) -> Vec<raft::Partition> {
         let meta = storage::MetaStore::open(&dir.join("meta")).expect("meta");
-        let node = raft::RaftNode::single(meta);
+        let node = raft::RaftNode::single(1, meta);
         (0..n)
             .map(|i| {
                 raft::Partition::open(
