@@ -92,10 +92,10 @@ impl Broker {
             m.group_committed_offset
                 .with_label_values(&labels)
                 .set(offset);
-            let hw = self
-                .topics
-                .get(&topic)
-                .and_then(|t| t.partition(partition).map(|p| p.replica.high_watermark()));
+            let hw = self.topics.get(&topic).and_then(|t| {
+                t.partition(partition)
+                    .and_then(|p| p.replica.as_ref().map(|r| r.high_watermark()))
+            });
             if let Some(hw) = hw {
                 m.group_lag
                     .with_label_values(&labels)
@@ -148,7 +148,13 @@ async fn open_groups(
         offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
         offsets_retention_check_interval_ms: config.offsets_retention_check_interval_ms.max(1),
     };
-    let partitions = topic.partitions.iter().map(|p| p.replica.clone()).collect();
+    // Today every node holds a replica of every offsets partition (replication factor
+    // min(3, nodes) with at most three nodes); a node without one has no groups there.
+    let partitions = topic
+        .partitions
+        .iter()
+        .filter_map(|p| p.replica.clone())
+        .collect();
     Ok(Coordinator::load(settings, partitions)?)
 }
 

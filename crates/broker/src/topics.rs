@@ -60,7 +60,27 @@ pub struct PartitionState {
     pub index: i32,
     /// The nodes holding a replica (the first is the preferred leader).
     pub replicas: Vec<i32>,
-    pub replica: Partition,
+    /// This node's replica, when it holds one.
+    pub replica: Option<Partition>,
+}
+
+impl PartitionState {
+    /// This node's replica if it leads the partition; otherwise the error to answer
+    /// (NOT_LEADER_OR_FOLLOWER: the client refreshes its metadata and goes to the leader).
+    pub fn leader(&self) -> Result<&Partition, i16> {
+        match &self.replica {
+            Some(r) if r.is_leader() => Ok(r),
+            _ => Err(codes::NOT_LEADER_OR_FOLLOWER),
+        }
+    }
+
+    /// The leader as this node knows it: its replica's view, else the preferred replica.
+    pub fn leader_id(&self) -> i32 {
+        match &self.replica {
+            Some(r) => r.role().leader.map(|l| l as i32).unwrap_or(-1),
+            None => self.replicas.first().copied().unwrap_or(-1),
+        }
+    }
 }
 
 /// A topic snapshot.
@@ -677,8 +697,8 @@ impl TopicManager {
                 }
                 let config = ResolvedConfig::resolve(&configs, &self.broker);
                 let log = log_config(&config, &self.broker);
-                for p in &topic.partitions {
-                    p.replica.set_log_config(log.clone());
+                for r in topic.partitions.iter().filter_map(|p| p.replica.as_ref()) {
+                    r.set_log_config(log.clone());
                 }
                 self.replace(&topic, |t| {
                     t.overrides = configs;
@@ -692,8 +712,9 @@ impl TopicManager {
     async fn remove_data(&self, topic: &Topic) {
         let name = &topic.name;
         for p in &topic.partitions {
-            p.replica.close().await;
-            if let Err(e) = p.replica.forget() {
+            let Some(replica) = &p.replica else { continue };
+            replica.close().await;
+            if let Err(e) = replica.forget() {
                 tracing::warn!(error = %e, topic = %name, partition = p.index, "forgetting raft state");
             }
             let dir = partition_dir(&self.log_dir, name, p.index);
@@ -735,8 +756,8 @@ impl TopicManager {
     pub async fn enforce_retention(&self, now_ms: i64) {
         for topic in self.all() {
             for p in &topic.partitions {
-                match p
-                    .replica
+                let Some(replica) = &p.replica else { continue };
+                match replica
                     .enforce_retention(
                         now_ms,
                         topic.config.retention_ms,
@@ -756,15 +777,15 @@ impl TopicManager {
                 self.metrics
                     .partition_high_watermark
                     .with_label_values(&labels)
-                    .set(p.replica.high_watermark());
+                    .set(replica.high_watermark());
                 self.metrics
                     .partition_log_size
                     .with_label_values(&labels)
-                    .set(p.replica.size_bytes() as i64);
+                    .set(replica.size_bytes() as i64);
                 self.metrics
                     .partition_log_start
                     .with_label_values(&labels)
-                    .set(p.replica.log_start_offset());
+                    .set(replica.log_start_offset());
             }
         }
     }
@@ -773,8 +794,8 @@ impl TopicManager {
     /// marks a clean shutdown).
     pub async fn close_all(&self) {
         for topic in self.all() {
-            for p in &topic.partitions {
-                p.replica.close().await;
+            for r in topic.partitions.iter().filter_map(|p| p.replica.as_ref()) {
+                r.close().await;
             }
         }
         self.controller.close().await;
@@ -809,6 +830,13 @@ fn open_partition(
     broker: &BrokerConfig,
     raft: &RaftNode,
 ) -> Result<Arc<PartitionState>, Error> {
+    if !replicas.contains(&broker.node_id) {
+        return Ok(Arc::new(PartitionState {
+            index: partition,
+            replicas: replicas.to_vec(),
+            replica: None,
+        }));
+    }
     let voters = replicas
         .iter()
         .map(|r| (*r as u64, String::new()))
@@ -826,7 +854,7 @@ fn open_partition(
     Ok(Arc::new(PartitionState {
         index: partition,
         replicas: replicas.to_vec(),
-        replica,
+        replica: Some(replica),
     }))
 }
 
@@ -973,6 +1001,8 @@ mod tests {
             .expect("create b");
         a.partitions[1]
             .replica
+            .as_ref()
+            .expect("local")
             .propose(vec![batch()])
             .await
             .expect("produce");
@@ -1000,14 +1030,28 @@ mod tests {
             a.overrides.get("retention.ms").map(String::as_str),
             Some("1000")
         );
-        assert_eq!(a.partitions[1].replica.high_watermark(), 1);
+        assert_eq!(
+            a.partitions[1]
+                .replica
+                .as_ref()
+                .expect("local")
+                .high_watermark(),
+            1
+        );
         assert!(tm.get("b").is_none());
         // b can be created again, empty.
         let b = tm
             .create("b", 1, 1, BTreeMap::new())
             .await
             .expect("create b again");
-        assert_eq!(b.partitions[0].replica.high_watermark(), 0);
+        assert_eq!(
+            b.partitions[0]
+                .replica
+                .as_ref()
+                .expect("local")
+                .high_watermark(),
+            0
+        );
         tm.close_all().await;
     }
 
@@ -1046,6 +1090,8 @@ mod tests {
         assert_eq!(
             tm.get("old").expect("old").partitions[0]
                 .replica
+                .as_ref()
+                .expect("local")
                 .high_watermark(),
             2
         );
@@ -1055,7 +1101,14 @@ mod tests {
         let tm = open(&cfg, &meta);
         let old = tm.get("old").expect("old from the metadata log");
         assert_eq!(old.id, id);
-        assert_eq!(old.partitions[0].replica.high_watermark(), 2);
+        assert_eq!(
+            old.partitions[0]
+                .replica
+                .as_ref()
+                .expect("local")
+                .high_watermark(),
+            2
+        );
         tm.close_all().await;
     }
 }

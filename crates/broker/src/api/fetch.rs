@@ -91,7 +91,9 @@ async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchR
             for (_, parts) in &targets {
                 for (_, t) in parts {
                     if let Target::Ok { partition, .. } = t {
-                        watchers.push(partition.replica.subscribe());
+                        if let Some(r) = &partition.replica {
+                            watchers.push(r.subscribe());
+                        }
                     }
                 }
             }
@@ -131,7 +133,15 @@ fn read_all(
                     max_bytes: pmax,
                     epoch,
                 } => {
-                    let replica = &partition.replica;
+                    let replica = match partition.leader() {
+                        Ok(r) => r,
+                        Err(code) => {
+                            errors = true;
+                            broker.count_error(ApiKey::Fetch, code);
+                            out.push(error_partition(*index, code));
+                            continue;
+                        }
+                    };
                     let leader_epoch = replica.leader_epoch();
                     if *epoch >= 0 && *epoch != leader_epoch {
                         errors = true;

@@ -119,18 +119,28 @@ async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> 
         })
 }
 
-fn topic_metadata(broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopic {
-    let me = BrokerId(broker.config.node_id);
+fn topic_metadata(_broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopic {
     let partitions = t
         .partitions
         .iter()
         .map(|p| {
+            let replicas: Vec<BrokerId> = p.replicas.iter().map(|r| BrokerId(*r)).collect();
+            let leader = p.leader_id();
+            let epoch = p.replica.as_ref().map(|r| r.leader_epoch()).unwrap_or(-1);
+            // Without a leader the partition is answered with LEADER_NOT_AVAILABLE, which
+            // clients retry.
+            let error = if leader < 0 {
+                codes::LEADER_NOT_AVAILABLE
+            } else {
+                codes::NONE
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(p.index)
-                .with_leader_id(me)
-                .with_leader_epoch(p.replica.leader_epoch())
-                .with_replica_nodes(vec![me])
-                .with_isr_nodes(vec![me])
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(epoch)
+                .with_isr_nodes(replicas.clone())
+                .with_replica_nodes(replicas)
         })
         .collect();
     MetadataResponseTopic::default()

@@ -47,7 +47,14 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                 partitions.push(base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            let replica = &part.replica;
+            let replica = match part.leader() {
+                Ok(r) => r,
+                Err(code) => {
+                    broker.count_error(ApiKey::ListOffsets, code);
+                    partitions.push(base.with_error_code(code));
+                    continue;
+                }
+            };
             // The leader epoch field exists from v4; older versions must leave it at -1.
             let epoch = if version >= 4 {
                 replica.leader_epoch()
@@ -106,7 +113,15 @@ pub fn delete_records(broker: &Broker, req: DeleteRecordsRequest) -> DeleteRecor
                 partitions.push(base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
-            partitions.push(match part.replica.delete_records(p.offset) {
+            let replica = match part.leader() {
+                Ok(r) => r,
+                Err(code) => {
+                    broker.count_error(ApiKey::DeleteRecords, code);
+                    partitions.push(base.with_error_code(code));
+                    continue;
+                }
+            };
+            partitions.push(match replica.delete_records(p.offset) {
                 Ok(low) => base.with_low_watermark(low),
                 Err(raft::Error::OffsetOutOfRange { .. }) => {
                     broker.count_error(ApiKey::DeleteRecords, codes::OFFSET_OUT_OF_RANGE);

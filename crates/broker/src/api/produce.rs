@@ -92,7 +92,13 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                     continue;
                 }
             };
-            let replica = partition.replica.clone();
+            let Some(replica) = partition.replica.clone() else {
+                parts.push(answer(
+                    codes::NOT_LEADER_OR_FOLLOWER,
+                    "this node holds no replica of the partition".into(),
+                ));
+                continue;
+            };
             let proposed = replica.propose(v.batches);
             let metrics = topic.metrics.clone();
             let broker = broker.clone();
