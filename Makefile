@@ -5,7 +5,7 @@ export CARGO_TERM_COLOR ?= never
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/sluice
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/sluice
 
-.PHONY: run build deps test-deps lint unit test interop fuzz-smoke bench release clean-data
+.PHONY: run build deps test-deps lint unit test interop cluster fuzz-smoke bench release clean-data local-cluster
 
 deps:
 	@deploy/install-deps.sh build
@@ -39,7 +39,12 @@ interop: test-deps
 fuzz-smoke: deps
 	tests/fuzz-smoke.sh
 
-test: test-deps lint unit interop fuzz-smoke
+## Three local processes: leader kills under an idempotent acks=all producer.
+cluster: test-deps
+	cargo build -p sluice
+	SLUICE_BIN=$(BIN_DEBUG) tests/cluster/run.sh
+
+test: test-deps lint unit interop cluster fuzz-smoke
 	@echo "make test: all passed"
 
 release: deps
@@ -48,6 +53,12 @@ release: deps
 ## Throughput and latency against a release build (see docs/benchmarks.md).
 bench: release
 	tests/bench.sh
+
+## Three nodes on 127.0.0.1 (Kafka 19092, 29092, 39092), data in ./local-cluster; see docs/configuration.md.
+## CMD is up (default), down, status, clean, "kill N" or "start N": make local-cluster CMD=status
+CMD ?= up
+local-cluster: build
+	SLUICE_BIN=$(BIN_DEBUG) deploy/local-cluster.sh $(CMD)
 
 clean-data:
 	rm -rf ./sluice-data

@@ -11,6 +11,11 @@ use storage::FsyncPolicy;
 pub struct BrokerConfig {
     /// `node.id`
     pub node_id: i32,
+    /// Address the cluster listener binds (Raft traffic); `None` for a lone node.
+    pub cluster_addr: Option<String>,
+    /// Every node of the cluster (this one included) with its cluster address; empty for a
+    /// lone node.
+    pub peers: std::collections::BTreeMap<i32, String>,
     /// Host and port clients are told to connect to (`advertised.listeners`).
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -65,6 +70,8 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             node_id: 0,
+            cluster_addr: None,
+            peers: Default::default(),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             rack: None,

@@ -36,6 +36,8 @@ pub struct Broker {
     groups: Arc<Coordinator>,
     cluster_id: String,
     ready: AtomicBool,
+    /// The cluster transport (absent on a lone node).
+    transport: Option<raft::Transport>,
 }
 
 impl Broker {
@@ -54,7 +56,41 @@ impl Broker {
             }
         };
         let producer_ids = ProducerIds::open(meta.clone())?;
-        let raft = raft::RaftNode::single(config.node_id as u64, meta.clone());
+        let (raft, transport) = if config.peers.is_empty() {
+            (
+                raft::RaftNode::single(config.node_id as u64, meta.clone()),
+                None,
+            )
+        } else {
+            let registry = raft::Registry::default();
+            let transport = raft::Transport::new(raft::TransportConfig::new(config.node_id as u64));
+            for (peer, addr) in &config.peers {
+                if *peer != config.node_id {
+                    transport.set_peer(*peer as u64, addr.clone());
+                }
+            }
+            let addr = config
+                .cluster_addr
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:9093".into());
+            transport
+                .serve(&addr, registry.handler())
+                .await
+                .map_err(|e| {
+                    Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("binding the cluster listener on {addr}: {e}"),
+                    ))
+                })?;
+            let node = raft::RaftNode::new(
+                config.node_id as u64,
+                meta.clone(),
+                Arc::new(transport.clone()),
+                registry,
+                raft::default_config(),
+            )?;
+            (node, Some(transport))
+        };
         let topics = TopicManager::open(&config, meta, raft, &metrics)?;
         topics.migrate_legacy().await.map_err(|e| {
             Error::Metadata(format!(
@@ -62,6 +98,13 @@ impl Broker {
                 e.message
             ))
         })?;
+        // In a cluster these wait for a quorum of nodes to be up. The cluster id is the
+        // metadata log's (a lone node's own id from before the log keeps being it).
+        let cluster_id = retry_startup("agreeing on the cluster id", || {
+            topics.init_cluster_id(&cluster_id)
+        })
+        .await?;
+        retry_startup("registering this node", || topics.register_broker()).await?;
         let groups = open_groups(&config, &topics).await?;
         let broker = Arc::new(Broker {
             config,
@@ -71,6 +114,7 @@ impl Broker {
             groups,
             cluster_id,
             ready: AtomicBool::new(false),
+            transport,
         });
         tokio::spawn(tail_metadata(Arc::downgrade(&broker)));
         Ok(broker)
@@ -104,6 +148,45 @@ impl Broker {
         }
     }
 
+    /// A node's Kafka address as clients reach it: (node id, host, port).
+    pub fn broker_address(&self, node: i32) -> Option<(i32, String, i32)> {
+        if node == self.config.node_id {
+            return Some((
+                node,
+                self.config.advertised_host.clone(),
+                i32::from(self.config.advertised_port),
+            ));
+        }
+        self.topics
+            .brokers()
+            .into_iter()
+            .find(|b| b.node == node)
+            .map(|b| (b.node, b.host, i32::from(b.port)))
+    }
+
+    /// Every node's Kafka listener (this node's from its own settings).
+    pub fn broker_list(&self) -> Vec<metadata_log::BrokerInfo> {
+        let mut list: Vec<_> = self
+            .topics
+            .brokers()
+            .into_iter()
+            .filter(|b| b.node != self.config.node_id)
+            .collect();
+        list.push(metadata_log::BrokerInfo {
+            node: self.config.node_id,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.rack.clone(),
+        });
+        list.sort_by_key(|b| b.node);
+        list
+    }
+
+    /// The node leading the metadata log (this node when none is known).
+    pub fn controller_id(&self) -> i32 {
+        self.topics.controller_id().unwrap_or(self.config.node_id)
+    }
+
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
@@ -121,6 +204,9 @@ impl Broker {
     pub async fn shutdown(&self) {
         self.set_ready(false);
         self.topics.close_all().await;
+        if let Some(t) = &self.transport {
+            t.shutdown().await;
+        }
     }
 }
 
@@ -131,14 +217,19 @@ async fn open_groups(
     config: &BrokerConfig,
     topics: &TopicManager,
 ) -> Result<Arc<Coordinator>, Error> {
-    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let topic = topics
-        .ensure_internal(OFFSETS_TOPIC, config.offsets_topic_num_partitions, configs)
-        .await
-        .map_err(|e| Error::Metadata(format!("creating {OFFSETS_TOPIC}: {}", e.message)))?;
+    let configs: std::collections::BTreeMap<String, String> =
+        [("retention.ms", "-1"), ("retention.bytes", "-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let topic = retry_startup("creating the offsets topic", || {
+        topics.ensure_internal(
+            OFFSETS_TOPIC,
+            config.offsets_topic_num_partitions,
+            configs.clone(),
+        )
+    })
+    .await?;
     let settings = GroupSettings {
         min_session_timeout_ms: config.group_min_session_timeout_ms,
         max_session_timeout_ms: config.group_max_session_timeout_ms,
@@ -156,6 +247,28 @@ async fn open_groups(
         .filter_map(|p| p.replica.clone())
         .collect();
     Ok(Coordinator::load(settings, partitions)?)
+}
+
+/// Retries a start-up step that needs the metadata log (in a cluster, a quorum of nodes)
+/// until it succeeds; gives up after ten minutes.
+async fn retry_startup<T, F, Fut>(what: &str, mut step: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, topics::ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.code == protocol::codes::NOT_CONTROLLER
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e.message, "{what}: waiting for the metadata log");
+            }
+            Err(e) => return Err(Error::Metadata(format!("{what}: {}", e.message))),
+        }
+    }
 }
 
 /// Applies metadata records committed by other nodes' proposals as they commit.

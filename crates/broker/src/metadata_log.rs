@@ -47,6 +47,24 @@ pub enum MetaRecord {
         id: Uuid,
         configs: BTreeMap<String, String>,
     },
+    /// The cluster id (the first such record counts).
+    InitCluster { cluster_id: String },
+    /// A node's Kafka listener as clients should reach it (the latest registration counts).
+    RegisterBroker {
+        node: i32,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+}
+
+/// A node as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub node: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
 }
 
 /// Encodes a record as a batch ready to propose.

@@ -19,13 +19,16 @@ use storage::MetaStore;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
-use crate::metadata_log::{self, MetaRecord, METADATA_GROUP, METADATA_TOPIC};
+use crate::metadata_log::{self, BrokerInfo, MetaRecord, METADATA_GROUP, METADATA_TOPIC};
 use crate::metrics::{Metrics, TopicMetrics};
 use crate::producer_state::ProducerTable;
 use crate::topic_config::{self, ConfigError, ResolvedConfig};
 use crate::Error;
 
 const CF_TOPICS: &str = "topics";
+
+/// How long a metadata change waits for the metadata log to have a reachable leader.
+const METADATA_WAIT: Duration = Duration::from_secs(30);
 
 pub use protocol::codes;
 
@@ -152,8 +155,12 @@ pub struct TopicManager {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     admin: tokio::sync::Mutex<()>,
     raft: RaftNode,
-    /// The cluster's nodes (broker ids); today the one local node.
+    /// The cluster's nodes (broker ids), from the peer list (or this node alone).
     nodes: Vec<i32>,
+    /// Registered Kafka listeners of the nodes.
+    brokers: RwLock<BTreeMap<i32, BrokerInfo>>,
+    /// The cluster id, once the metadata log has one.
+    cluster_id: RwLock<Option<String>>,
     /// The metadata partition (`__cluster_metadata-0`).
     controller: Partition,
     /// The metadata offset up to which the view is applied; held while applying.
@@ -174,8 +181,18 @@ impl TopicManager {
         let log_dir = broker.data_dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
         remove_deleted_dirs(&log_dir);
-        let nodes = vec![broker.node_id];
-        let voters = nodes.iter().map(|n| (*n as u64, String::new())).collect();
+        let nodes: Vec<i32> = if broker.peers.is_empty() {
+            vec![broker.node_id]
+        } else {
+            broker.peers.keys().copied().collect()
+        };
+        let voters = nodes
+            .iter()
+            .map(|n| {
+                let addr = broker.peers.get(n).cloned().unwrap_or_default();
+                (*n as u64, addr)
+            })
+            .collect();
         let controller = Partition::open(
             &log_dir.join(METADATA_GROUP),
             PartitionOptions {
@@ -191,9 +208,34 @@ impl TopicManager {
         )?;
         let (records, applied) = metadata_log::read_committed(&controller, 0)?;
         let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
+        let mut brokers = BTreeMap::new();
+        let mut cluster_id = None;
         for (_, rec) in &records {
-            fold(&mut specs, rec);
+            if let MetaRecord::InitCluster { cluster_id: id } = rec {
+                cluster_id.get_or_insert_with(|| id.clone());
+            }
+            fold(&mut specs, &mut brokers, rec);
         }
+        // Proposals forwarded by other nodes while this one leads the metadata log.
+        let c = controller.clone();
+        raft.registry.set_forwarder(
+            METADATA_GROUP,
+            Arc::new(move |body: bytes::Bytes| {
+                let c = c.clone();
+                Box::pin(async move {
+                    let out = c
+                        .propose(vec![bytes::BytesMut::from(&body[..])])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match out.first() {
+                        Some(raft::ProposeOutcome::Appended { base_offset }) => {
+                            Ok(bytes::Bytes::copy_from_slice(&base_offset.to_be_bytes()))
+                        }
+                        other => Err(format!("metadata record not appended: {other:?}")),
+                    }
+                })
+            }),
+        );
         let mut legacy = Vec::new();
         if records.is_empty() {
             // A data directory from before the metadata log: its topics are taken as they are
@@ -256,6 +298,8 @@ impl TopicManager {
             admin: tokio::sync::Mutex::new(()),
             raft,
             nodes,
+            brokers: RwLock::new(brokers),
+            cluster_id: RwLock::new(cluster_id),
             controller,
             applied: tokio::sync::Mutex::new(applied),
             legacy: parking_lot::Mutex::new(legacy),
@@ -537,28 +581,119 @@ impl TopicManager {
         .await
     }
 
-    /// Proposes a record to the metadata log and waits until the local view has applied it.
+    /// The registered Kafka listeners of the cluster's nodes.
+    pub fn brokers(&self) -> Vec<BrokerInfo> {
+        self.brokers.read().values().cloned().collect()
+    }
+
+    /// The cluster's node ids.
+    pub fn nodes(&self) -> &[i32] {
+        &self.nodes
+    }
+
+    /// The node leading the metadata log, as this node sees it.
+    pub fn controller_id(&self) -> Option<i32> {
+        self.controller.role().leader.map(|l| l as i32)
+    }
+
+    /// The cluster id the metadata log holds; `proposal` becomes it if there is none yet (the
+    /// first proposal committed wins).
+    pub async fn init_cluster_id(&self, proposal: &str) -> Result<String, ApiError> {
+        if let Some(id) = self.cluster_id.read().clone() {
+            return Ok(id);
+        }
+        self.propose(MetaRecord::InitCluster {
+            cluster_id: proposal.to_string(),
+        })
+        .await?;
+        self.cluster_id.read().clone().ok_or_else(|| {
+            ApiError::new(
+                codes::UNKNOWN_SERVER_ERROR,
+                "the cluster id was not applied",
+            )
+        })
+    }
+
+    /// Registers (or updates) this node's Kafka listener in the metadata log.
+    pub async fn register_broker(&self) -> Result<(), ApiError> {
+        let me = BrokerInfo {
+            node: self.broker.node_id,
+            host: self.broker.advertised_host.clone(),
+            port: self.broker.advertised_port,
+            rack: self.broker.rack.clone(),
+        };
+        if self.brokers.read().get(&me.node) == Some(&me) {
+            return Ok(());
+        }
+        self.propose(MetaRecord::RegisterBroker {
+            node: me.node,
+            host: me.host,
+            port: me.port,
+            rack: me.rack,
+        })
+        .await
+    }
+
+    /// Proposes a record to the metadata log (through its leader, wherever it is) and waits
+    /// until the local view has applied it. Retried while there is no reachable leader, for
+    /// up to [`METADATA_WAIT`]; a retry after an unknown outcome may append the record twice,
+    /// which applying tolerates.
     async fn propose(&self, rec: MetaRecord) -> Result<(), ApiError> {
         let batch = metadata_log::encode(&rec, crate::now_ms());
-        let out = self
-            .controller
-            .propose(vec![batch])
-            .await
-            .map_err(|e| match e {
-                raft::Error::NotLeader { .. } | raft::Error::Closed => ApiError::new(
-                    codes::NOT_CONTROLLER,
-                    format!("the metadata log has no leader here: {e}"),
-                ),
-                other => storage_error(other),
-            })?;
-        let base = match out.first() {
-            Some(raft::ProposeOutcome::Appended { base_offset }) => *base_offset,
-            other => {
+        let deadline = tokio::time::Instant::now() + METADATA_WAIT;
+        let base = loop {
+            let err = match self.controller.propose(vec![batch.clone()]).await {
+                Ok(out) => match out.first() {
+                    Some(raft::ProposeOutcome::Appended { base_offset }) => break *base_offset,
+                    other => {
+                        return Err(ApiError::new(
+                            codes::UNKNOWN_SERVER_ERROR,
+                            format!("metadata record not appended: {other:?}"),
+                        ))
+                    }
+                },
+                Err(raft::Error::NotLeader {
+                    leader: Some(leader),
+                }) => {
+                    let body = batch.clone().freeze();
+                    let answer = self
+                        .raft
+                        .router
+                        .call(
+                            leader,
+                            bytes::Bytes::from_static(METADATA_GROUP.as_bytes()),
+                            raft::FORWARD,
+                            body,
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                    match answer {
+                        Ok(b) if b.len() == 8 => {
+                            let mut a = [0u8; 8];
+                            a.copy_from_slice(&b);
+                            break i64::from_be_bytes(a);
+                        }
+                        Ok(_) => "a malformed answer from the leader".to_string(),
+                        Err(e) => format!("forwarding to node {leader}: {e}"),
+                    }
+                }
+                Err(e @ raft::Error::NotLeader { leader: None }) => e.to_string(),
+                Err(raft::Error::Closed) => {
+                    return Err(ApiError::new(
+                        codes::NOT_CONTROLLER,
+                        "the metadata log is closed (shutting down)",
+                    ))
+                }
+                Err(e) => return Err(storage_error(e)),
+            };
+            if tokio::time::Instant::now() >= deadline {
                 return Err(ApiError::new(
-                    codes::UNKNOWN_SERVER_ERROR,
-                    format!("metadata record not appended: {other:?}"),
-                ))
+                    codes::NOT_CONTROLLER,
+                    format!("the metadata log has no reachable leader: {err}"),
+                ));
             }
+            tracing::debug!(error = %err, "metadata proposal: retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         self.catch_up(base + 1).await
     }
@@ -689,6 +824,25 @@ impl TopicManager {
                 let count = partitions.len();
                 self.replace(&topic, |t| t.partitions = partitions);
                 tracing::info!(topic = %name, partitions = count, "added partitions");
+            }
+            MetaRecord::InitCluster { cluster_id } => {
+                self.cluster_id.write().get_or_insert(cluster_id);
+            }
+            MetaRecord::RegisterBroker {
+                node,
+                host,
+                port,
+                rack,
+            } => {
+                self.brokers.write().insert(
+                    node,
+                    BrokerInfo {
+                        node,
+                        host,
+                        port,
+                        rack,
+                    },
+                );
             }
             MetaRecord::SetConfigs { name, id, configs } => {
                 let Some(topic) = self.get(&name) else { return };
@@ -858,9 +1012,30 @@ fn open_partition(
     }))
 }
 
-/// Folds one metadata record into the topic specs (start-up replay).
-fn fold(specs: &mut BTreeMap<String, TopicSpec>, rec: &MetaRecord) {
+/// Folds one metadata record into the topic specs and brokers (start-up replay).
+fn fold(
+    specs: &mut BTreeMap<String, TopicSpec>,
+    brokers: &mut BTreeMap<i32, BrokerInfo>,
+    rec: &MetaRecord,
+) {
     match rec {
+        MetaRecord::InitCluster { .. } => {}
+        MetaRecord::RegisterBroker {
+            node,
+            host,
+            port,
+            rack,
+        } => {
+            brokers.insert(
+                *node,
+                BrokerInfo {
+                    node: *node,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                },
+            );
+        }
         MetaRecord::CreateTopic {
             name,
             id,

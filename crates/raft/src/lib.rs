@@ -18,7 +18,7 @@ mod transport;
 mod types;
 
 pub use error::{Error, Result};
-pub use network::{BoxFut, CallError, MemRouter, Registry, Router};
+pub use network::{BoxFut, CallError, Forwarder, MemRouter, Registry, Router, FORWARD};
 pub use partition::{
     default_config, Admit, AdmitAll, BatchFilter, FsyncPolicy, Partition, PartitionOptions,
     ProposeOutcome, RaftNode, ReadResult, Role,

@@ -54,6 +54,11 @@ pub trait Router: Send + Sync + 'static {
 pub(crate) const APPEND: u8 = 1;
 pub(crate) const VOTE: u8 = 2;
 pub(crate) const SNAPSHOT: u8 = 3;
+/// An application request for a group's leader (see [`Registry::set_forwarder`]).
+pub const FORWARD: u8 = 4;
+
+/// Serves [`FORWARD`] calls for one group: request body in, answer out.
+pub type Forwarder = Arc<dyn Fn(Bytes) -> BoxFut<Result<Bytes, String>> + Send + Sync>;
 
 fn encode<T: Serialize>(v: &T) -> Result<Bytes, String> {
     postcard::to_stdvec(v)
@@ -72,9 +77,16 @@ pub type GroupRaft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 #[derive(Clone, Default)]
 pub struct Registry {
     groups: Arc<RwLock<HashMap<Bytes, GroupRaft>>>,
+    forwarders: Arc<RwLock<HashMap<Bytes, Forwarder>>>,
 }
 
 impl Registry {
+    /// Serves [`FORWARD`] calls naming `group` with `f` (e.g. proposals sent to the leader
+    /// by other nodes).
+    pub fn set_forwarder(&self, group: impl Into<Bytes>, f: Forwarder) {
+        self.forwarders.write().insert(group.into(), f);
+    }
+
     pub(crate) fn insert(&self, key: Bytes, raft: GroupRaft) {
         self.groups.write().insert(key, raft);
     }
@@ -85,6 +97,18 @@ impl Registry {
 
     /// Handles one incoming call. The answer is `Ok(encoded response)` or `Err(reason)`.
     pub fn handle(&self, group: Bytes, method: u8, body: Bytes) -> BoxFut<Result<Bytes, String>> {
+        if method == FORWARD {
+            let f = self.forwarders.read().get(&group).cloned();
+            return match f {
+                Some(f) => f(body),
+                None => Box::pin(async move {
+                    Err(format!(
+                        "no forwarding for group {}",
+                        String::from_utf8_lossy(&group)
+                    ))
+                }),
+            };
+        }
         let raft = self.groups.read().get(&group).cloned();
         Box::pin(async move {
             let Some(raft) = raft else {

@@ -1,4 +1,6 @@
-//! The admin HTTP listener: `/health/live`, `/health/ready`, `/metrics`.
+//! The admin HTTP listener: `/health/live`, `/health/ready`, `/metrics`, and
+//! `/v1/partitions` (JSON: every partition with its replicas and leader, as this node sees
+//! them).
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ pub async fn serve(
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/partitions", get(partitions))
         .with_state(broker);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -34,6 +37,26 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn partitions(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let mut list = Vec::new();
+    for t in broker.topics.all() {
+        for p in &t.partitions {
+            let leader = p.leader_id();
+            list.push(serde_json::json!({
+                "topic": t.name,
+                "partition": p.index,
+                "leader": (leader >= 0).then_some(leader),
+                "replicas": p.replicas,
+                "high_watermark": p.replica.as_ref().map(|r| r.high_watermark()),
+            }));
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "node": broker.config.node_id, "partitions": list }).to_string(),
+    )
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {

@@ -123,6 +123,14 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub offsets_retention_check_interval_ms: Option<u64>,
+    /// Address the cluster listener binds, for Raft traffic between nodes [cluster.addr]
+    /// (default 127.0.0.1:9093; used only with --peers).
+    #[arg(long, env = "SLUICE_CLUSTER_ADDR", value_name = "HOST:PORT")]
+    pub cluster_addr: Option<String>,
+    /// Every node of the cluster with its cluster address, this node included, as
+    /// `ID@HOST:PORT,...` [cluster.peers]. Without it the node runs alone.
+    #[arg(long, env = "SLUICE_PEERS", value_name = "ID@HOST:PORT,...")]
+    pub peers: Option<String>,
     /// Log filter, as RUST_LOG [log.level] (default info).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -207,6 +215,8 @@ const KNOWN_KEYS: &[&str] = &[
     "log.index.interval.bytes",
     "log.retention.check.interval.ms",
     "log.level",
+    "cluster.addr",
+    "cluster.peers",
     "offsets.topic.num.partitions",
     "group.initial.rebalance.delay.ms",
     "group.min.session.timeout.ms",
@@ -239,6 +249,29 @@ fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{what} '{s}' is not HOST:PORT"))?
         .next()
         .ok_or_else(|| anyhow!("{what} '{s}' resolves to no address"))
+}
+
+/// `1@host:9093,2@host:9093`: node ids with their cluster addresses.
+fn parse_peers(list: &str) -> anyhow::Result<BTreeMap<i32, String>> {
+    let mut peers = BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| anyhow!("peer '{item}' is not ID@HOST:PORT"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|i| *i >= 0)
+            .ok_or_else(|| anyhow!("peer '{item}' has no valid node id"))?;
+        split_host_port("peer", addr)?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            bail!("node id {id} appears twice in the peer list");
+        }
+    }
+    if peers.is_empty() {
+        bail!("the peer list is empty");
+    }
+    Ok(peers)
 }
 
 fn split_host_port(what: &str, s: &str) -> anyhow::Result<(String, u16)> {
@@ -315,8 +348,29 @@ impl Cli {
                 }
             };
         }
+        let node_id: i32 = pick!(self.node_id, "node.id", 1);
+        if node_id < 0 {
+            bail!("node.id must not be negative");
+        }
+        let peers = match self.peers.or(file.string("cluster.peers")?) {
+            None => BTreeMap::new(),
+            Some(list) => parse_peers(&list)?,
+        };
+        let cluster_addr = match self.cluster_addr.or(file.string("cluster.addr")?) {
+            Some(a) => Some(a),
+            None if peers.is_empty() => None,
+            None => Some("127.0.0.1:9093".to_string()),
+        };
+        if let Some(a) = &cluster_addr {
+            parse_addr("--cluster-addr", a)?;
+        }
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            bail!("--peers must list this node (node id {node_id}) too");
+        }
         let broker = BrokerConfig {
-            node_id: pick!(self.node_id, "node.id", 1),
+            node_id,
+            cluster_addr,
+            peers,
             advertised_host,
             advertised_port,
             rack: match self.broker_rack {

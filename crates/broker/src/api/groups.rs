@@ -45,51 +45,67 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let host = sb(&broker.config.advertised_host);
-    let port = i32::from(broker.config.advertised_port);
-    let me = BrokerId(broker.config.node_id);
-    let answer = |key_type: i8| -> (i16, Option<&'static str>) {
+    // The coordinator of a group is the leader of its __consumer_offsets partition.
+    let answer = |key_type: i8, key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
         match key_type {
-            0 => (codes::NONE, None),
-            1 => (
-                codes::COORDINATOR_NOT_AVAILABLE,
-                Some("transactions are not supported yet"),
-            ),
-            _ => (codes::INVALID_REQUEST, Some("unknown coordinator key type")),
+            0 => {}
+            1 => {
+                return Err((
+                    codes::COORDINATOR_NOT_AVAILABLE,
+                    "transactions are not supported yet",
+                ))
+            }
+            _ => return Err((codes::INVALID_REQUEST, "unknown coordinator key type")),
         }
+        let topic = broker.topics.get(crate::groups::OFFSETS_TOPIC).ok_or((
+            codes::COORDINATOR_NOT_AVAILABLE,
+            "the offsets topic does not exist yet",
+        ))?;
+        let p = crate::groups::partition_for(key, topic.partitions.len());
+        let leader = topic.partitions[p].leader_id();
+        broker.broker_address(leader).ok_or((
+            codes::COORDINATOR_NOT_AVAILABLE,
+            "the group's offsets partition has no leader",
+        ))
     };
     if version >= 4 {
         let coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|key| {
-                let (code, msg) = answer(req.key_type);
-                broker.count_error(ApiKey::FindCoordinator, code);
-                let ok = code == codes::NONE;
-                CoordinatorEntry::default()
+            .map(|key| match answer(req.key_type, key.as_str()) {
+                Ok((node, host, port)) => CoordinatorEntry::default()
                     .with_key(key)
-                    .with_node_id(if ok { me } else { BrokerId(-1) })
-                    .with_host(if ok { host.clone() } else { sb("") })
-                    .with_port(if ok { port } else { -1 })
-                    .with_error_code(code)
-                    .with_error_message(msg.map(sb))
+                    .with_node_id(BrokerId(node))
+                    .with_host(sb(&host))
+                    .with_port(port),
+                Err((code, msg)) => {
+                    broker.count_error(ApiKey::FindCoordinator, code);
+                    CoordinatorEntry::default()
+                        .with_key(key)
+                        .with_node_id(BrokerId(-1))
+                        .with_host(sb(""))
+                        .with_port(-1)
+                        .with_error_code(code)
+                        .with_error_message(Some(sb(msg)))
+                }
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let (code, msg) = answer(req.key_type);
-    broker.count_error(ApiKey::FindCoordinator, code);
-    if code != codes::NONE {
-        return FindCoordinatorResponse::default()
-            .with_error_code(code)
-            .with_error_message(msg.map(sb))
-            .with_node_id(BrokerId(-1))
-            .with_port(-1);
+    match answer(req.key_type, req.key.as_str()) {
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(node))
+            .with_host(sb(&host))
+            .with_port(port),
+        Err((code, msg)) => {
+            broker.count_error(ApiKey::FindCoordinator, code);
+            FindCoordinatorResponse::default()
+                .with_error_code(code)
+                .with_error_message(Some(sb(msg)))
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+        }
     }
-    FindCoordinatorResponse::default()
-        .with_node_id(me)
-        .with_host(host)
-        .with_port(port)
 }
 
 pub fn join_group(

@@ -103,14 +103,21 @@ async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> 
             );
         }
     }
+    let brokers = broker
+        .broker_list()
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node))
+                .with_host(str(&b.host))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.as_deref().map(str))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.config.node_id))
-            .with_host(str(&broker.config.advertised_host))
-            .with_port(i32::from(broker.config.advertised_port))
-            .with_rack(broker.config.rack.as_deref().map(str))])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str(broker.cluster_id())))
-        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
             CLUSTER_OPS_ALL
@@ -162,12 +169,20 @@ pub fn describe_cluster(broker: &Broker, req: DescribeClusterRequest) -> Describ
     DescribeClusterResponse::default()
         .with_endpoint_type(req.endpoint_type)
         .with_cluster_id(str(broker.cluster_id()))
-        .with_controller_id(BrokerId(broker.config.node_id))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.config.node_id))
-            .with_host(str(&broker.config.advertised_host))
-            .with_port(i32::from(broker.config.advertised_port))
-            .with_rack(broker.config.rack.as_deref().map(str))])
+        .with_controller_id(BrokerId(broker.controller_id()))
+        .with_brokers(
+            broker
+                .broker_list()
+                .into_iter()
+                .map(|b| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.node))
+                        .with_host(str(&b.host))
+                        .with_port(i32::from(b.port))
+                        .with_rack(b.rack.as_deref().map(str))
+                })
+                .collect(),
+        )
         .with_cluster_authorized_operations(if req.include_cluster_authorized_operations {
             CLUSTER_OPS_ALL
         } else {

@@ -1,0 +1,152 @@
+"""Leader failover under an idempotent acks=all producer, on a local three-node cluster.
+
+Started by tests/cluster/run.sh against `deploy/local-cluster.sh up`. Creates a topic with
+three partitions and replication factor 3, produces numbered records at a steady rate, and
+while it runs repeatedly SIGKILLs the node leading partition 0 and starts it again. Then
+every acknowledged record must be read back exactly once, in production order within its
+partition. Prints the time from each kill to the first acknowledged write on partition 0
+after it.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
+BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
+TOPIC = "failover-%d" % int(time.time())
+KILLS = int(os.environ.get("FAILOVER_KILLS", "3"))
+RATE = 2000  # records per second
+
+
+def leader_of(partition):
+    """The leader of TOPIC's partition as a running node reports it (None if unknown)."""
+    for node in (1, 2, 3):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
+                doc = json.load(r)
+        except OSError:
+            continue
+        for p in doc["partitions"]:
+            if p["topic"] == TOPIC and p["partition"] == partition and p["leader"]:
+                return p["leader"]
+    return None
+
+
+def main():
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic(TOPIC, num_partitions=3, replication_factor=3)])[TOPIC].result(30)
+    producer = Producer({
+        "bootstrap.servers": BOOTSTRAP,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": 120000,
+    })
+    acked = {}  # partition -> [seq in ack order]
+    ack_times = {}  # partition -> [time of ack]
+    errors = []
+    lock = threading.Lock()
+
+    def on_delivery(err, msg):
+        with lock:
+            if err is not None:
+                errors.append(str(err))
+                return
+            acked.setdefault(msg.partition(), []).append(int(msg.value()))
+            ack_times.setdefault(msg.partition(), []).append(time.time())
+
+    stop = threading.Event()
+    sent = [0]
+
+    def produce():
+        seq = 0
+        start = time.time()
+        while not stop.is_set():
+            due = int((time.time() - start) * RATE)
+            while seq < due:
+                producer.produce(TOPIC, key=b"k%d" % (seq % 30), value=b"%d" % seq, on_delivery=on_delivery)
+                seq += 1
+            producer.poll(0.005)
+        sent[0] = seq
+        producer.flush(120)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    failovers = []
+    try:
+        time.sleep(2)
+        for _ in range(KILLS):
+            victim = None
+            deadline = time.time() + 15
+            while victim is None and time.time() < deadline:
+                victim = leader_of(0)
+                time.sleep(0.1)
+            if victim is None:
+                raise SystemExit("FAIL: partition 0 has no leader")
+            killed_at = time.time()
+            subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
+            # First ack on partition 0 after the kill.
+            first = None
+            deadline = killed_at + 30
+            while first is None and time.time() < deadline:
+                with lock:
+                    first = next((x for x in ack_times.get(0, []) if x > killed_at + 0.05), None)
+                time.sleep(0.05)
+            failovers.append(None if first is None else first - killed_at)
+            print("killed node %d; first ack on partition 0 after %s s" % (
+                victim, "never" if first is None else "%.2f" % (first - killed_at)), flush=True)
+            time.sleep(1)
+            subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
+            time.sleep(2)
+    finally:
+        stop.set()
+        t.join()
+
+    total = sum(len(v) for v in acked.values())
+    print("sent %d, acknowledged %d, delivery errors %d" % (sent[0], total, len(errors)))
+    # Read everything back.
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "failover-check",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(3)])
+    got = {}
+    idle_until = time.time() + 20
+    while time.time() < idle_until:
+        m = consumer.poll(0.5)
+        if m is None or m.error():
+            continue
+        got.setdefault(m.partition(), []).append(int(m.value()))
+        idle_until = time.time() + 5
+    consumer.close()
+    ok = True
+    for p in range(3):
+        values = got.get(p, [])
+        want = acked.get(p, [])
+        dups = len(values) - len(set(values))
+        missing = set(want) - set(values)
+        ordered = values == sorted(values)
+        print("partition %d: acknowledged %d, read %d, duplicates %d, missing %d, in order %s" % (
+            p, len(want), len(values), dups, len(missing), ordered))
+        if dups or missing or not ordered:
+            ok = False
+    if errors:
+        print("delivery errors (first 5):", errors[:5])
+        ok = False
+    if any(f is None for f in failovers):
+        print("FAIL: a failover never completed")
+        ok = False
+    if failovers and all(f is not None for f in failovers):
+        print("failover (kill to first ack on the new leader), s: %s" % ", ".join("%.2f" % f for f in failovers))
+    print("failover test:", "OK" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Multi-process cluster tests: three `sluice` processes on 127.0.0.1 started with
+# deploy/local-cluster.sh, then an idempotent acks=all producer while the leader of a
+# partition is SIGKILLed and restarted (tests/cluster/failover.py). Needs SLUICE_BIN and the
+# Python venv that `make test-deps` creates (.venv).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export SLUICE_LOCAL_DIR="${SLUICE_LOCAL_DIR:-$(mktemp -d /tmp/sluice-cluster-test.XXXXXX)}"
+PY="$ROOT/.venv/bin/python"
+cleanup() {
+    "$ROOT/deploy/local-cluster.sh" down >/dev/null 2>&1 || true
+    if [[ "${KEEP_CLUSTER_DATA:-0}" != 1 ]]; then
+        rm -rf "$SLUICE_LOCAL_DIR"
+    fi
+}
+trap cleanup EXIT
+echo "==> three-node cluster in $SLUICE_LOCAL_DIR"
+"$ROOT/deploy/local-cluster.sh" up
+echo "==> failover under an idempotent acks=all producer"
+if ! "$PY" "$ROOT/tests/cluster/failover.py"; then
+    for n in 1 2 3; do
+        echo "--- tail of node-$n.log"
+        tail -n 30 "$SLUICE_LOCAL_DIR/node-$n.log" || true
+    done
+    exit 1
+fi
