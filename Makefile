@@ -51,8 +51,9 @@ release: deps
 	cargo build --release -p sluice -p sluice-tests --bin sluice --bin sluice-bench
 
 ## Throughput and latency against a release build (see docs/benchmarks.md).
-bench: release
+bench: release test-deps
 	tests/bench.sh
+	tests/bench-cluster.sh
 
 ## Three nodes on 127.0.0.1 (Kafka 19092, 29092, 39092), data in ./local-cluster; see docs/configuration.md.
 ## CMD is up (default), down, status, clean, "kill N" or "start N": make local-cluster CMD=status

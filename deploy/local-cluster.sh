@@ -107,7 +107,12 @@ start_node() {
       echo "node $n: started (pid $pid)"
       return 0
     fi
-    [ -s "$(pid_file "$n")" ] && break # written, but that process has exited
+    # Written, but that process has exited. (Its cmdline can be briefly unreadable while
+    # it execs, so only a process that is gone counts as a failed start.)
+    if pid="$(cat "$(pid_file "$n")" 2>/dev/null)" && [[ "$pid" =~ ^[0-9]+$ ]] &&
+      ! kill -0 "$pid" 2>/dev/null; then
+      break
+    fi
     sleep 0.1
   done
   tail -n 30 "$(log_file "$n")" >&2 || true

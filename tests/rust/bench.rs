@@ -70,6 +70,9 @@ struct Args {
     /// Partitions of the topic, created if missing (produce and both modes).
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Replication factor of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
     /// Records to produce (and to consume).
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
@@ -176,7 +179,11 @@ fn ensure_topic(args: &Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(
+        &args.topic,
+        args.partitions,
+        TopicReplication::Fixed(args.replication_factor),
+    );
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
     let res = rt
         .block_on(admin.create_topics([&topic], &opts))
