@@ -36,8 +36,8 @@ pub struct Broker {
     groups: Arc<Coordinator>,
     cluster_id: String,
     ready: AtomicBool,
-    /// The cluster transport (absent on a lone node).
-    transport: Option<raft::Transport>,
+    /// The cluster transport and the liveness task (absent on a lone node).
+    transport: Option<(raft::Transport, raft::LivenessGuard)>,
 }
 
 impl Broker {
@@ -87,9 +87,16 @@ impl Broker {
                 meta.clone(),
                 Arc::new(transport.clone()),
                 registry,
-                raft::default_config(),
+                raft::cluster_config(),
             )?;
-            (node, Some(transport))
+            let peers = config
+                .peers
+                .keys()
+                .filter(|p| **p != config.node_id)
+                .map(|p| *p as u64)
+                .collect();
+            let liveness = raft::spawn_liveness(node.clone(), peers);
+            (node, Some((transport, liveness)))
         };
         let topics = TopicManager::open(&config, meta, raft, &metrics)?;
         topics.migrate_legacy().await.map_err(|e| {
@@ -204,7 +211,7 @@ impl Broker {
     pub async fn shutdown(&self) {
         self.set_ready(false);
         self.topics.close_all().await;
-        if let Some(t) = &self.transport {
+        if let Some((t, _)) = &self.transport {
             t.shutdown().await;
         }
     }

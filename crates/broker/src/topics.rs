@@ -227,6 +227,8 @@ impl TopicManager {
                         .propose(vec![bytes::BytesMut::from(&body[..])])
                         .await
                         .map_err(|e| e.to_string())?;
+                    // Every node applies metadata: tell the followers it committed.
+                    c.flush_commit().await;
                     match out.first() {
                         Some(raft::ProposeOutcome::Appended { base_offset }) => {
                             Ok(bytes::Bytes::copy_from_slice(&base_offset.to_be_bytes()))
@@ -644,7 +646,11 @@ impl TopicManager {
         let base = loop {
             let err = match self.controller.propose(vec![batch.clone()]).await {
                 Ok(out) => match out.first() {
-                    Some(raft::ProposeOutcome::Appended { base_offset }) => break *base_offset,
+                    Some(raft::ProposeOutcome::Appended { base_offset }) => {
+                        // Every node applies metadata: tell the followers it committed.
+                        self.controller.flush_commit().await;
+                        break *base_offset;
+                    }
                     other => {
                         return Err(ApiError::new(
                             codes::UNKNOWN_SERVER_ERROR,

@@ -11,6 +11,7 @@
 //! terms and node ids only.
 
 mod error;
+mod liveness;
 mod network;
 mod partition;
 mod store;
@@ -18,6 +19,7 @@ mod transport;
 mod types;
 
 pub use error::{Error, Result};
+pub use liveness::{cluster_config, spawn_liveness, LivenessGuard};
 pub use network::{BoxFut, CallError, Forwarder, MemRouter, Registry, Router, FORWARD};
 pub use partition::{
     default_config, Admit, AdmitAll, BatchFilter, FsyncPolicy, Partition, PartitionOptions,

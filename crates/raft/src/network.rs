@@ -57,6 +57,9 @@ pub(crate) const SNAPSHOT: u8 = 3;
 /// An application request for a group's leader (see [`Registry::set_forwarder`]).
 pub const FORWARD: u8 = 4;
 
+/// A node-level liveness probe (see `liveness`); answered with an empty body.
+pub(crate) const PING: u8 = 5;
+
 /// Serves [`FORWARD`] calls for one group: request body in, answer out.
 pub type Forwarder = Arc<dyn Fn(Bytes) -> BoxFut<Result<Bytes, String>> + Send + Sync>;
 
@@ -95,8 +98,20 @@ impl Registry {
         self.groups.write().remove(key);
     }
 
+    /// Every hosted group.
+    pub(crate) fn all(&self) -> Vec<(Bytes, GroupRaft)> {
+        self.groups
+            .read()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
     /// Handles one incoming call. The answer is `Ok(encoded response)` or `Err(reason)`.
     pub fn handle(&self, group: Bytes, method: u8, body: Bytes) -> BoxFut<Result<Bytes, String>> {
+        if method == PING {
+            return Box::pin(async { Ok(Bytes::new()) });
+        }
         if method == FORWARD {
             let f = self.forwarders.read().get(&group).cloned();
             return match f {

@@ -393,6 +393,14 @@ impl Partition {
         self.inner.role.subscribe()
     }
 
+    /// Sends the group's commit index to its followers now (one heartbeat round) instead of
+    /// with the next append; used after metadata changes, which every node applies.
+    pub async fn flush_commit(&self) {
+        if let Some(raft) = self.inner.raft.get() {
+            let _ = raft.trigger().heartbeat().await;
+        }
+    }
+
     /// Waits until the group runs and has applied everything that was committed before this
     /// replica (re)started, so reads see all acknowledged data. Gives up after `timeout`.
     pub async fn ready(&self, timeout: Duration) -> Result<()> {
@@ -777,6 +785,7 @@ async fn settle(inner: &Inner) -> bool {
 async fn current_term_as_leader(inner: &Inner, raft: &GroupRaft) -> Result<u64> {
     let mut metrics = raft.metrics();
     let deadline = tokio::time::Instant::now() + WAIT_FOR_LEADER;
+    let mut last_heartbeat: Option<tokio::time::Instant> = None;
     loop {
         match raft.as_leader() {
             Ok(leader) => {
@@ -793,6 +802,13 @@ async fn current_term_as_leader(inner: &Inner, raft: &GroupRaft) -> Result<u64> 
                         .is_some_and(|t| t.elapsed() < inner.usable_lease);
                 if fresh {
                     return Ok(leader.term());
+                }
+                // Without periodic heartbeats (cluster mode) an idle leader's lease runs out:
+                // one heartbeat round renews it.
+                let now = tokio::time::Instant::now();
+                if last_heartbeat.is_none_or(|t| now - t > Duration::from_millis(100)) {
+                    last_heartbeat = Some(now);
+                    let _ = raft.trigger().heartbeat().await;
                 }
             }
             Err(fwd) if fwd.leader_id.is_some() => {

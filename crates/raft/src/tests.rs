@@ -341,6 +341,7 @@ async fn isolated_leader_acknowledges_nothing_and_rejoins() {
 struct TcpNode {
     transport: crate::Transport,
     parts: Vec<Partition>,
+    _liveness: crate::LivenessGuard,
 }
 
 async fn tcp_node(
@@ -361,14 +362,18 @@ async fn tcp_node(
             transport.set_peer(*peer, addr.clone());
         }
     }
+    // As a cluster node runs: no openraft heartbeats or election timers, the node-level
+    // liveness task decides when to campaign.
     let node = RaftNode::new(
         id,
         meta.clone(),
         std::sync::Arc::new(transport.clone()),
         registry,
-        fast_config(),
+        crate::cluster_config(),
     )
     .expect("node");
+    let peers = addrs.keys().copied().filter(|p| *p != id).collect();
+    let liveness = crate::spawn_liveness(node.clone(), peers);
     let parts = groups
         .iter()
         .map(|g| {
@@ -385,7 +390,11 @@ async fn tcp_node(
             .expect("open")
         })
         .collect();
-    TcpNode { transport, parts }
+    TcpNode {
+        transport,
+        parts,
+        _liveness: liveness,
+    }
 }
 
 async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
@@ -402,8 +411,9 @@ async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
     }
 }
 
-/// Three nodes over the TCP cluster transport, several groups multiplexed on one connection
-/// per peer pair; the node leading a group is stopped and started again on its data.
+/// Three nodes over the TCP cluster transport as a cluster runs them (node-level liveness
+/// instead of per-group heartbeats), several groups multiplexed on one connection per peer
+/// pair; the node leading a group is stopped and started again on its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     let groups = ["a-0", "a-1", "b-0", "b-1"];
