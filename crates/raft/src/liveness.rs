@@ -29,12 +29,16 @@ use crate::types::NodeId;
 
 /// How often every peer is pinged and every group checked.
 pub const PING_EVERY: Duration = Duration::from_millis(150);
-/// A peer that has not answered a ping for this long is taken as down.
-pub const DEAD_AFTER: Duration = Duration::from_millis(800);
+/// A peer that has not answered a ping for this long is taken as down. Not shorter than the
+/// leader lease (`election_timeout_max`, 1 s): until it runs out, followers that heard from
+/// the leader refuse to campaign.
+pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
+/// How soon a group that is still without a live leader campaigns again.
+const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// A group without a known leader for this long campaigns.
 pub const LEADERLESS_AFTER: Duration = Duration::from_millis(600);
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
-const JITTER_MS: u64 = 400;
+const JITTER_MS: u64 = 300;
 
 /// openraft settings for groups of a cluster: [`crate::default_config`] without openraft's own
 /// heartbeats and election timer (the liveness task decides when to campaign).
@@ -125,7 +129,7 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 .entry(key.clone())
                 .or_insert_with(|| now + wait + jitter());
             if now >= at {
-                due.insert(key, now + LEADERLESS_AFTER + jitter());
+                due.insert(key, now + RETRY_AFTER + jitter());
                 tokio::spawn(async move {
                     let _ = raft.trigger().elect(true).await;
                 });
