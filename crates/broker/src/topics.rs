@@ -1011,6 +1011,7 @@ fn open_partition(
         },
         Box::new(ProducerTable::default()),
     )?;
+    replica.set_preferred_leader(replicas.first().map(|r| *r as u64));
     Ok(Arc::new(PartitionState {
         index: partition,
         replicas: replicas.to_vec(),

@@ -37,6 +37,12 @@ pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// A group without a known leader for this long campaigns.
 pub const LEADERLESS_AFTER: Duration = Duration::from_millis(600);
+/// A leader that is not the preferred one hands leadership over once it has led this long
+/// and the preferred replica is up and has every entry.
+const BALANCE_AFTER: Duration = Duration::from_secs(5);
+/// At most one hand-over attempt per group in this period.
+const BALANCE_EVERY: Duration = Duration::from_secs(10);
+
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
 const JITTER_MS: u64 = 300;
 
@@ -82,6 +88,9 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
         Arc::new(Mutex::new(peers.iter().map(|p| (*p, start)).collect()));
     // Per group: when it became unhealthy, and when it may campaign next.
     let mut due: HashMap<Bytes, Instant> = HashMap::new();
+    // Per group led here: since when, and the last hand-over attempt.
+    let mut led_since: HashMap<Bytes, Instant> = HashMap::new();
+    let mut handed: HashMap<Bytes, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -108,9 +117,45 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 .is_some_and(|t| now.saturating_duration_since(*t) < DEAD_AFTER)
         };
         let groups = node.registry.all();
-        due.retain(|k, _| groups.iter().any(|(g, _)| g == k));
-        for (key, raft) in groups {
-            let leader = raft.metrics().borrow_watched().current_leader;
+        due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
+        led_since.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
+        handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
+        for (key, raft, preferred) in groups {
+            let (leader, caught_up) = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                let caught_up = match (preferred, &m.replication) {
+                    (Some(p), Some(r)) => r
+                        .get(&p)
+                        .and_then(|l| l.as_ref().map(|l| l.index))
+                        .is_some_and(|i| Some(i) == m.last_log_index),
+                    _ => false,
+                };
+                (m.current_leader, caught_up)
+            };
+            // Leader balancing: hand leadership back to the preferred replica.
+            if leader == Some(node.id) {
+                let since = *led_since.entry(key.clone()).or_insert(now);
+                if let Some(p) = preferred {
+                    let recently = handed
+                        .get(&key)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < BALANCE_EVERY);
+                    if p != node.id
+                        && caught_up
+                        && alive(p)
+                        && !recently
+                        && now.saturating_duration_since(since) >= BALANCE_AFTER
+                    {
+                        handed.insert(key.clone(), now);
+                        let r = raft.clone();
+                        tokio::spawn(async move {
+                            let _ = r.trigger().transfer_leader(p).await;
+                        });
+                    }
+                }
+            } else {
+                led_since.remove(&key);
+            }
             let healthy = match leader {
                 Some(l) if l == node.id => true,
                 Some(l) => alive(l),

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkFactory, RaftNetworkV2};
 use parking_lot::RwLock;
@@ -59,6 +60,8 @@ pub const FORWARD: u8 = 4;
 
 /// A node-level liveness probe (see `liveness`); answered with an empty body.
 pub(crate) const PING: u8 = 5;
+/// openraft's leadership hand-over message.
+pub(crate) const TRANSFER: u8 = 6;
 
 /// Serves [`FORWARD`] calls for one group: request body in, answer out.
 pub type Forwarder = Arc<dyn Fn(Bytes) -> BoxFut<Result<Bytes, String>> + Send + Sync>;
@@ -81,6 +84,8 @@ pub type GroupRaft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 pub struct Registry {
     groups: Arc<RwLock<HashMap<Bytes, GroupRaft>>>,
     forwarders: Arc<RwLock<HashMap<Bytes, Forwarder>>>,
+    /// Preferred leaders (a partition's first replica), for leader balancing.
+    preferred: Arc<RwLock<HashMap<Bytes, NodeId>>>,
 }
 
 impl Registry {
@@ -98,13 +103,22 @@ impl Registry {
         self.groups.write().remove(key);
     }
 
-    /// Every hosted group.
-    pub(crate) fn all(&self) -> Vec<(Bytes, GroupRaft)> {
+    /// Every hosted group with its preferred leader.
+    pub(crate) fn all(&self) -> Vec<(Bytes, GroupRaft, Option<NodeId>)> {
+        let preferred = self.preferred.read();
         self.groups
             .read()
             .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
+            .map(|(k, r)| (k.clone(), r.clone(), preferred.get(k).copied()))
             .collect()
+    }
+
+    /// Records the node that should lead `group` whenever it can.
+    pub(crate) fn set_preferred(&self, group: Bytes, node: Option<NodeId>) {
+        match node {
+            Some(n) => self.preferred.write().insert(group, n),
+            None => self.preferred.write().remove(&group),
+        };
     }
 
     /// Handles one incoming call. The answer is `Ok(encoded response)` or `Err(reason)`.
@@ -141,6 +155,14 @@ impl Registry {
                 VOTE => {
                     let req: VoteRequest<TypeConfig> = decode(&body)?;
                     let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
+                    encode(&resp)
+                }
+                TRANSFER => {
+                    let req: TransferLeaderRequest<TypeConfig> = decode(&body)?;
+                    let resp = raft
+                        .handle_transfer_leader(req)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     encode(&resp)
                 }
                 SNAPSHOT => {
@@ -223,6 +245,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(VOTE, &rpc, option.soft_ttl()).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(TRANSFER, &req, option.soft_ttl()).await
     }
 
     async fn full_snapshot(

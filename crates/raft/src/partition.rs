@@ -393,6 +393,14 @@ impl Partition {
         self.inner.role.subscribe()
     }
 
+    /// Names the node that should lead this group whenever it is up and caught up (a
+    /// partition's first replica); in a cluster the leader hands leadership back to it.
+    pub fn set_preferred_leader(&self, node: Option<NodeId>) {
+        self.inner
+            .registry
+            .set_preferred(self.inner.group.clone(), node);
+    }
+
     /// Sends the group's commit index to its followers now (one heartbeat round) instead of
     /// with the next append; used after metadata changes, which every node applies.
     pub async fn flush_commit(&self) {

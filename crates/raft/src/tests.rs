@@ -389,7 +389,11 @@ async fn tcp_node(
             )
             .expect("open")
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Node 1 should lead every group whenever it can (leader balancing).
+    for p in &parts {
+        p.set_preferred_leader(Some(1));
+    }
     TcpNode {
         transport,
         parts,
@@ -486,6 +490,22 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
             wait_hw(p, 7).await;
             assert_eq!(contents(p), acked[g]);
         }
+    }
+    // Leadership goes back to the preferred node (1) in every group, and writes go on there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !nodes[&1].parts.iter().all(|p| p.is_leader()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 did not get its groups back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in &nodes[&1].parts {
+        let out = p
+            .propose(vec![batch(1, 99)])
+            .await
+            .expect("commit on the preferred leader");
+        assert_eq!(offsets(&out), vec![7]);
     }
     for n in nodes.values() {
         for p in &n.parts {
