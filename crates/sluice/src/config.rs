@@ -131,7 +131,8 @@ pub struct Cli {
     /// `ID@HOST:PORT,...` [cluster.peers]. Without it the node runs alone.
     #[arg(long, env = "SLUICE_PEERS", value_name = "ID@HOST:PORT,...")]
     pub peers: Option<String>,
-    /// Log filter, as RUST_LOG [log.level] (default info).
+    /// Log filter, as RUST_LOG [log.level] (default `info,openraft=error`: openraft logs every
+    /// election step and unreachable peer for every group at info/warn).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 }
@@ -495,7 +496,9 @@ impl Cli {
         }
         let log_level = match self.log_level {
             Some(l) => l,
-            None => file.string("log.level")?.unwrap_or_else(|| "info".into()),
+            None => file
+                .string("log.level")?
+                .unwrap_or_else(|| "info,openraft=error".into()),
         };
         Ok(NodeConfig {
             kafka_addr,
