@@ -748,18 +748,7 @@ impl TopicManager {
                 let mut opened = Vec::with_capacity(replicas.len());
                 for (p, r) in replicas.iter().enumerate() {
                     let p = p as i32;
-                    let res =
-                        claim_dir(&self.log_dir, &self.meta, &name, p, id, true).and_then(|()| {
-                            open_partition(
-                                &self.log_dir,
-                                &name,
-                                p,
-                                r,
-                                &config,
-                                &self.broker,
-                                &self.raft,
-                            )
-                        });
+                    let res = self.open_new_partition(&name, p, r, id, &config);
                     match res {
                         Ok(part) => opened.push(part),
                         Err(e) => {
@@ -807,18 +796,7 @@ impl TopicManager {
                 let mut partitions = topic.partitions.clone();
                 for (i, r) in replicas.iter().enumerate() {
                     let p = from + i as i32;
-                    let res =
-                        claim_dir(&self.log_dir, &self.meta, &name, p, id, true).and_then(|()| {
-                            open_partition(
-                                &self.log_dir,
-                                &name,
-                                p,
-                                r,
-                                &topic.config,
-                                &self.broker,
-                                &self.raft,
-                            )
-                        });
+                    let res = self.open_new_partition(&name, p, r, id, &topic.config);
                     match res {
                         Ok(part) => partitions.push(part),
                         Err(e) => {
@@ -866,6 +844,28 @@ impl TopicManager {
                 });
             }
         }
+    }
+
+    /// Opens partition `p` of a topic being created or grown now (clearing whatever a crash
+    /// left in its directory).
+    fn open_new_partition(
+        &self,
+        name: &str,
+        p: i32,
+        replicas: &[i32],
+        id: Uuid,
+        config: &ResolvedConfig,
+    ) -> Result<Arc<PartitionState>, Error> {
+        claim_dir(&self.log_dir, &self.meta, name, p, id, true)?;
+        open_partition(
+            &self.log_dir,
+            name,
+            p,
+            replicas,
+            config,
+            &self.broker,
+            &self.raft,
+        )
     }
 
     /// Closes a deleted topic's replicas and removes their data and Raft state.

@@ -221,6 +221,30 @@ impl Inner {
     fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
     }
+
+    /// How many whole segments from the front are past `retention.ms` / `retention.bytes`
+    /// and end at or below `upper_offset` (never the active segment).
+    fn segments_past_retention(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<u64>,
+        upper_offset: i64,
+    ) -> usize {
+        let mut total = self.size_bytes();
+        let n = self.segments.len() - 1;
+        let mut count = 0;
+        for s in &self.segments[..n] {
+            let by_time = retention_ms.is_some_and(|r| s.max_ts < now_ms.saturating_sub(r));
+            let by_size = retention_bytes.is_some_and(|r| total.saturating_sub(r) >= s.size);
+            if !(by_time || by_size) || s.next_offset > upper_offset {
+                break;
+            }
+            total -= s.size;
+            count += 1;
+        }
+        count
+    }
 }
 
 /// A partition's segmented log. `Send + Sync`; share it through an `Arc`.
@@ -846,18 +870,8 @@ impl PartitionLog {
         self.check_writable()?;
         let removed = {
             let mut inner = self.inner.write();
-            let mut total = inner.size_bytes();
-            let n = inner.segments.len() - 1;
-            let mut count = 0;
-            for s in &inner.segments[..n] {
-                let by_time = retention_ms.is_some_and(|r| s.max_ts < now_ms.saturating_sub(r));
-                let by_size = retention_bytes.is_some_and(|r| total.saturating_sub(r) >= s.size);
-                if !(by_time || by_size) || s.next_offset > upper_offset {
-                    break;
-                }
-                total -= s.size;
-                count += 1;
-            }
+            let count =
+                inner.segments_past_retention(now_ms, retention_ms, retention_bytes, upper_offset);
             self.remove_front(&mut inner, count)?
         };
         if removed > 0 {
@@ -878,21 +892,13 @@ impl PartitionLog {
         upper_offset: i64,
     ) -> Option<u64> {
         let inner = self.inner.read();
-        let mut total = inner.size_bytes();
-        let n = inner.segments.len() - 1;
-        let mut cut = None;
-        for s in &inner.segments[..n] {
-            let by_time = retention_ms.is_some_and(|r| s.max_ts < now_ms.saturating_sub(r));
-            let by_size = retention_bytes.is_some_and(|r| total.saturating_sub(r) >= s.size);
-            if !(by_time || by_size) || s.next_offset > upper_offset {
-                break;
-            }
-            total -= s.size;
-            if s.first_index.is_some() {
-                cut = Some(s.last_index);
-            }
-        }
-        cut
+        let count =
+            inner.segments_past_retention(now_ms, retention_ms, retention_bytes, upper_offset);
+        inner.segments[..count]
+            .iter()
+            .rev()
+            .find(|s| s.first_index.is_some())
+            .map(|s| s.last_index)
     }
 
     /// Clean shutdown: sync, persist the active segment's summary and indexes, write the
