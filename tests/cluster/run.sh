@@ -17,10 +17,18 @@ trap cleanup EXIT
 echo "==> three-node cluster in $SLUICE_LOCAL_DIR"
 "$ROOT/deploy/local-cluster.sh" up
 echo "==> failover under an idempotent acks=all producer"
-if ! "$PY" "$ROOT/tests/cluster/failover.py"; then
+dump_logs() {
     for n in 1 2 3; do
         echo "--- tail of node-$n.log"
         tail -n 30 "$SLUICE_LOCAL_DIR/node-$n.log" || true
     done
+}
+if ! "$PY" "$ROOT/tests/cluster/failover.py"; then
+    dump_logs
+    exit 1
+fi
+echo "==> in-sync replicas and min.insync.replicas with a follower killed"
+if ! "$PY" "$ROOT/tests/cluster/isr.py"; then
+    dump_logs
     exit 1
 fi

@@ -45,6 +45,10 @@ pub struct NodeOpts {
     pub env: Vec<(String, String)>,
     /// How long to wait for `/health/ready` to answer 200.
     pub ready_timeout: Duration,
+    /// Two named Kafka listeners instead of one: `INTERNAL` on the node's Kafka port
+    /// (advertised as 127.0.0.1) and `EXTERNAL` on [`Node::second_port`] (advertised as
+    /// `localhost`).
+    pub second_listener: bool,
 }
 
 impl Default for NodeOpts {
@@ -59,6 +63,7 @@ impl Default for NodeOpts {
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(secs),
+            second_listener: false,
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct Node {
     child: Option<Child>,
     kafka_port: u16,
     admin_port: u16,
+    second_port: u16,
     data_dir: PathBuf,
     owned_data_dir: Option<tempfile::TempDir>,
     log_dir: Option<tempfile::TempDir>,
@@ -146,6 +152,7 @@ impl Node {
             child: None,
             kafka_port: 0,
             admin_port: 0,
+            second_port: 0,
             data_dir,
             owned_data_dir,
             log_dir: Some(log_dir),
@@ -160,6 +167,10 @@ impl Node {
             node.admin_port = free_port();
             while node.admin_port == node.kafka_port {
                 node.admin_port = free_port();
+            }
+            node.second_port = free_port();
+            while [node.kafka_port, node.admin_port].contains(&node.second_port) {
+                node.second_port = free_port();
             }
             match node.spawn_and_wait() {
                 Ok(()) => return node,
@@ -180,16 +191,28 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .context("open node log")?;
-        let mut args: Vec<String> = vec![
-            "--kafka-addr".into(),
-            format!("127.0.0.1:{}", self.kafka_port),
-            "--advertised-kafka-addr".into(),
-            format!("127.0.0.1:{}", self.kafka_port),
+        let (k, s) = (self.kafka_port, self.second_port);
+        let mut args: Vec<String> = if self.opts.second_listener {
+            vec![
+                "--listeners".into(),
+                format!("INTERNAL://127.0.0.1:{k},EXTERNAL://127.0.0.1:{s}"),
+                "--advertised-listeners".into(),
+                format!("INTERNAL://127.0.0.1:{k},EXTERNAL://localhost:{s}"),
+            ]
+        } else {
+            vec![
+                "--kafka-addr".into(),
+                format!("127.0.0.1:{k}"),
+                "--advertised-kafka-addr".into(),
+                format!("127.0.0.1:{k}"),
+            ]
+        };
+        args.extend([
             "--admin-addr".into(),
             format!("127.0.0.1:{}", self.admin_port),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
-        ];
+        ]);
         if let Some(f) = &self.opts.fsync {
             args.push("--fsync".into());
             args.push(f.clone());
@@ -249,6 +272,11 @@ impl Node {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.kafka_port)
+    }
+
+    /// The `EXTERNAL` listener's port (with `NodeOpts::second_listener`).
+    pub fn second_port(&self) -> u16 {
+        self.second_port
     }
 
     pub fn kafka_addr(&self) -> SocketAddr {

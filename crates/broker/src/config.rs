@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use storage::FsyncPolicy;
 
+pub use crate::metadata_log::Endpoint;
+
 /// Settings of one broker node.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -16,9 +18,10 @@ pub struct BrokerConfig {
     /// Every node of the cluster (this one included) with its cluster address; empty for a
     /// lone node.
     pub peers: std::collections::BTreeMap<i32, String>,
-    /// Host and port clients are told to connect to (`advertised.listeners`).
-    pub advertised_host: String,
-    pub advertised_port: u16,
+    /// The Kafka listeners with the address clients are told for each
+    /// (`advertised.listeners`); the first is the default. A client is answered with every
+    /// node's address for the listener it connected on.
+    pub listeners: Vec<Endpoint>,
     /// `broker.rack`
     pub rack: Option<String>,
     /// Data directory: partition logs under `log/`, metadata under `meta/`.
@@ -64,6 +67,25 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: i64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
+    /// Per-partition metric series (high watermark, log size, in-sync replicas, follower
+    /// lag); off for clusters with very many partitions.
+    pub metrics_per_partition: bool,
+}
+
+impl BrokerConfig {
+    /// The advertised address of listener `index` (the default listener when out of range).
+    pub fn endpoint(&self, index: usize) -> &Endpoint {
+        &self.listeners[index.min(self.listeners.len() - 1)]
+    }
+
+    /// `advertised.listeners` as Kafka writes it.
+    pub fn advertised_listeners(&self) -> String {
+        self.listeners
+            .iter()
+            .map(|e| format!("{}://{}:{}", e.name, e.host, e.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Default for BrokerConfig {
@@ -72,8 +94,11 @@ impl Default for BrokerConfig {
             node_id: 0,
             cluster_addr: None,
             peers: Default::default(),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
+            listeners: vec![Endpoint {
+                name: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: 9092,
+            }],
             rack: None,
             data_dir: PathBuf::from("sluice-data"),
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -96,6 +121,7 @@ impl Default for BrokerConfig {
             group_max_size: 1000,
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_retention_check_interval_ms: 600_000,
+            metrics_per_partition: true,
         }
     }
 }

@@ -5,7 +5,6 @@
 //! concurrently as tasks, but anything that must follow request order (a Produce queueing its
 //! batches) happens synchronously in dispatch, before the next request is read.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,9 +27,15 @@ use crate::Broker;
 /// Requests a connection may have in flight before its reader waits for the writer.
 const MAX_IN_FLIGHT: usize = 128;
 
-/// Accepts Kafka connections until `shutdown` is cancelled, then waits for every connection
+/// Accepts Kafka connections on the broker's listener number `index` (its position in
+/// `BrokerConfig::listeners`) until `shutdown` is cancelled, then waits for every connection
 /// to answer what it has read.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    index: usize,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     broker.set_ready(true);
     loop {
@@ -39,7 +44,8 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    tracker.spawn(connection(sock, peer, broker.clone(), shutdown.clone()));
+                    let client = api::Client { peer, listener: index };
+                    tracker.spawn(connection(sock, client, broker.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -88,7 +94,7 @@ impl std::fmt::Display for CloseReason {
 
 async fn connection(
     sock: TcpStream,
-    peer: SocketAddr,
+    client: api::Client,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) {
@@ -98,6 +104,7 @@ async fn connection(
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_loop(wr, rx, broker.clone()));
     let max = broker.config.socket_request_max_bytes;
+    let peer = client.peer;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         let frame = tokio::select! {
@@ -112,7 +119,7 @@ async fn connection(
                 break;
             }
         };
-        match decode_and_dispatch(&broker, peer, frame) {
+        match decode_and_dispatch(&broker, client, frame) {
             Ok(pending) => {
                 if tx.send(pending).await.is_err() {
                     break;
@@ -168,7 +175,7 @@ async fn read_frame(
 
 fn decode_and_dispatch(
     broker: &Arc<Broker>,
-    peer: SocketAddr,
+    client: api::Client,
     frame: Bytes,
 ) -> Result<Pending, CloseReason> {
     let started = Instant::now();
@@ -193,7 +200,7 @@ fn decode_and_dispatch(
         Err(e) => return Err(CloseReason::Request(e)),
     };
     let (header, request) = request::decode(&prefix, frame).map_err(CloseReason::Request)?;
-    let reply = api::dispatch(broker, &header, peer, request);
+    let reply = api::dispatch(broker, &header, client, request);
     Ok(Pending {
         correlation_id: prefix.correlation_id,
         api_key: prefix.api_key,

@@ -132,6 +132,68 @@ impl Broker {
         &self.groups
     }
 
+    /// Refreshes the partition gauges: per node (partitions led, under-replicated, without a
+    /// leader, largest follower lag) and, when `metrics_per_partition` is on, per partition.
+    pub fn refresh_partition_metrics(&self) {
+        let m = &self.metrics;
+        let per_partition = self.config.metrics_per_partition;
+        for v in [
+            &m.partition_high_watermark,
+            &m.partition_log_size,
+            &m.partition_log_start,
+            &m.partition_isr,
+            &m.partition_follower_lag,
+        ] {
+            v.reset();
+        }
+        let (mut led, mut under, mut leaderless, mut max_lag) = (0, 0, 0, 0u64);
+        for topic in self.topics.all() {
+            for p in &topic.partitions {
+                let Some(replica) = &p.replica else { continue };
+                let labels = [topic.name.as_str(), &p.index.to_string()];
+                if replica.role().leader.is_none() {
+                    leaderless += 1;
+                }
+                if per_partition {
+                    m.partition_high_watermark
+                        .with_label_values(&labels)
+                        .set(replica.high_watermark());
+                    m.partition_log_size
+                        .with_label_values(&labels)
+                        .set(replica.size_bytes() as i64);
+                    m.partition_log_start
+                        .with_label_values(&labels)
+                        .set(replica.log_start_offset());
+                }
+                if !replica.is_leader() {
+                    continue;
+                }
+                led += 1;
+                let isr = replica.in_sync_replicas().len();
+                if isr < p.replicas.len() {
+                    under += 1;
+                }
+                let lag = replica
+                    .follower_lag()
+                    .into_iter()
+                    .map(|(_, l)| l)
+                    .max()
+                    .unwrap_or(0);
+                max_lag = max_lag.max(lag);
+                if per_partition {
+                    m.partition_isr.with_label_values(&labels).set(isr as i64);
+                    m.partition_follower_lag
+                        .with_label_values(&labels)
+                        .set(lag as i64);
+                }
+            }
+        }
+        m.partitions_led.set(led);
+        m.partitions_under_replicated.set(under);
+        m.partitions_without_leader.set(leaderless);
+        m.follower_lag_max.set(max_lag as i64);
+    }
+
     /// Refreshes the consumer group gauges (committed offset and lag per group and
     /// partition) from the coordinator and the partitions' high watermarks.
     pub fn refresh_group_metrics(&self) {
@@ -155,36 +217,38 @@ impl Broker {
         }
     }
 
-    /// A node's Kafka address as clients reach it: (node id, host, port).
-    pub fn broker_address(&self, node: i32) -> Option<(i32, String, i32)> {
-        if node == self.config.node_id {
-            return Some((
-                node,
-                self.config.advertised_host.clone(),
-                i32::from(self.config.advertised_port),
-            ));
-        }
-        self.topics
-            .brokers()
+    /// A node's Kafka address as clients on `listener` (an index into this node's
+    /// listeners) reach it: (node id, host, port).
+    pub fn broker_address(&self, node: i32, listener: usize) -> Option<(i32, String, i32)> {
+        self.broker_list(listener)
             .into_iter()
             .find(|b| b.node == node)
             .map(|b| (b.node, b.host, i32::from(b.port)))
     }
 
-    /// Every node's Kafka listener (this node's from its own settings).
-    pub fn broker_list(&self) -> Vec<metadata_log::BrokerInfo> {
+    /// Every node with the address of its listener named like this node's listener
+    /// `listener` (the one a client connected on, as Kafka answers); this node's from its
+    /// own settings. `host`/`port` of each entry are that address.
+    pub fn broker_list(&self, listener: usize) -> Vec<metadata_log::BrokerInfo> {
+        let name = &self.config.endpoint(listener).name;
         let mut list: Vec<_> = self
             .topics
             .brokers()
             .into_iter()
             .filter(|b| b.node != self.config.node_id)
             .collect();
+        let me = self.config.endpoint(0);
         list.push(metadata_log::BrokerInfo {
             node: self.config.node_id,
-            host: self.config.advertised_host.clone(),
-            port: self.config.advertised_port,
+            host: me.host.clone(),
+            port: me.port,
             rack: self.config.rack.clone(),
+            listeners: self.config.listeners.clone(),
         });
+        for b in &mut list {
+            let (host, port) = b.address(name);
+            (b.host, b.port) = (host.to_string(), port);
+        }
         list.sort_by_key(|b| b.node);
         list
     }
@@ -198,9 +262,16 @@ impl Broker {
         &self.cluster_id
     }
 
-    /// Ready once the Kafka listener accepts connections.
+    /// Ready once the Kafka listeners accept connections, this node is registered in the
+    /// cluster metadata and the controller (metadata log) has a leader.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.topics.controller_id().is_some()
+            && self
+                .topics
+                .brokers()
+                .iter()
+                .any(|b| b.node == self.config.node_id)
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

@@ -49,13 +49,25 @@ pub enum MetaRecord {
     },
     /// The cluster id (the first such record counts).
     InitCluster { cluster_id: String },
-    /// A node's Kafka listener as clients should reach it (the latest registration counts).
+    /// A node's Kafka listeners as clients should reach them (the latest registration
+    /// counts). `host`/`port` are the default (first) listener; `listeners` lists them all
+    /// (absent in records written before named listeners existed).
     RegisterBroker {
         node: i32,
         host: String,
         port: u16,
         rack: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        listeners: Vec<Endpoint>,
     },
+}
+
+/// A named Kafka listener's advertised address (`advertised.listeners`: `NAME://HOST:PORT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// A node as clients see it.
@@ -65,6 +77,18 @@ pub struct BrokerInfo {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    pub listeners: Vec<Endpoint>,
+}
+
+impl BrokerInfo {
+    /// The address for clients that connected on listener `name`: that listener's when the
+    /// node has one of that name, else its default listener's.
+    pub fn address(&self, name: &str) -> (&str, u16) {
+        match self.listeners.iter().find(|e| e.name == name) {
+            Some(e) => (&e.host, e.port),
+            None => (&self.host, self.port),
+        }
+    }
 }
 
 /// Encodes a record as a batch ready to propose.

@@ -2,8 +2,8 @@
 //! (per API, per topic) instead of looking labels up per request.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of a node, registered in one registry.
@@ -16,6 +16,14 @@ pub struct Metrics {
     pub bytes_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
     pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub commit_latency: Histogram,
+    pub partitions_led: IntGauge,
+    pub partitions_under_replicated: IntGauge,
+    pub partitions_without_leader: IntGauge,
+    pub follower_lag_max: IntGauge,
+    pub partition_isr: IntGaugeVec,
+    pub partition_follower_lag: IntGaugeVec,
     pub connections: IntGauge,
     pub connections_total: IntCounter,
     pub partition_high_watermark: IntGaugeVec,
@@ -80,6 +88,63 @@ impl Metrics {
             &["topic"],
         )
         .expect("valid metric");
+        let records_out = IntCounterVec::new(
+            Opts::new(
+                "sluice_topic_records_out_total",
+                "Records fetched (counted from the batch headers sent), by topic.",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_raft_commit_latency_seconds",
+                "Time from a produced batch being proposed on the leader to its Raft commit \
+                 (a majority has it durably).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let partitions_led = IntGauge::new(
+            "sluice_partitions_leader",
+            "Partitions (including internal ones) whose leader is this node.",
+        )
+        .expect("valid metric");
+        let partitions_under_replicated = IntGauge::new(
+            "sluice_partitions_under_replicated",
+            "Partitions led by this node with fewer in-sync replicas than replicas.",
+        )
+        .expect("valid metric");
+        let partitions_without_leader = IntGauge::new(
+            "sluice_partitions_without_leader",
+            "Partitions hosted here whose replica knows no leader.",
+        )
+        .expect("valid metric");
+        let follower_lag_max = IntGauge::new(
+            "sluice_follower_lag_max_batches",
+            "Largest number of log entries (record batches) any follower of a partition led \
+             here is behind.",
+        )
+        .expect("valid metric");
+        let partition_isr = IntGaugeVec::new(
+            Opts::new(
+                "sluice_partition_in_sync_replicas",
+                "In-sync replicas per partition led by this node.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let partition_follower_lag = IntGaugeVec::new(
+            Opts::new(
+                "sluice_partition_follower_lag_batches",
+                "Log entries the furthest-behind follower lacks, per partition led by this node.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
         let connections = IntGauge::new("sluice_kafka_connections", "Open Kafka connections.")
             .expect("valid metric");
         let connections_total = IntCounter::new(
@@ -136,6 +201,17 @@ impl Metrics {
             Box::new(bytes_in.clone()),
             Box::new(bytes_out.clone()),
             Box::new(records_in.clone()),
+            Box::new(records_out.clone()),
+            Box::new(commit_latency.clone()),
+            Box::new(partitions_led.clone()),
+            Box::new(partitions_under_replicated.clone()),
+            Box::new(partitions_without_leader.clone()),
+            Box::new(follower_lag_max.clone()),
+            Box::new(partition_isr.clone()),
+            Box::new(partition_follower_lag.clone()),
+            Box::new(storage::metrics::FSYNC_SECONDS.clone()),
+            Box::new(raft::metrics::LEADER_CHANGES.clone()),
+            Box::new(raft::metrics::ELECTIONS.clone()),
             Box::new(connections.clone()),
             Box::new(connections_total.clone()),
             Box::new(partition_high_watermark.clone()),
@@ -158,6 +234,14 @@ impl Metrics {
             bytes_in,
             bytes_out,
             records_in,
+            records_out,
+            commit_latency,
+            partitions_led,
+            partitions_under_replicated,
+            partitions_without_leader,
+            follower_lag_max,
+            partition_isr,
+            partition_follower_lag,
             connections,
             connections_total,
             partition_high_watermark,
@@ -183,13 +267,18 @@ impl Metrics {
         let _ = self.bytes_in.remove_label_values(&[topic]);
         let _ = self.bytes_out.remove_label_values(&[topic]);
         let _ = self.records_in.remove_label_values(&[topic]);
+        let _ = self.records_out.remove_label_values(&[topic]);
         for p in 0..partitions {
             let p = p.to_string();
-            let _ = self
-                .partition_high_watermark
-                .remove_label_values(&[topic, &p]);
-            let _ = self.partition_log_size.remove_label_values(&[topic, &p]);
-            let _ = self.partition_log_start.remove_label_values(&[topic, &p]);
+            for v in [
+                &self.partition_high_watermark,
+                &self.partition_log_size,
+                &self.partition_log_start,
+                &self.partition_isr,
+                &self.partition_follower_lag,
+            ] {
+                let _ = v.remove_label_values(&[topic, &p]);
+            }
         }
     }
 }
@@ -206,6 +295,7 @@ pub struct TopicMetrics {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub records_in: IntCounter,
+    pub records_out: IntCounter,
 }
 
 impl TopicMetrics {
@@ -214,6 +304,7 @@ impl TopicMetrics {
             bytes_in: m.bytes_in.with_label_values(&[topic]),
             bytes_out: m.bytes_out.with_label_values(&[topic]),
             records_in: m.records_in.with_label_values(&[topic]),
+            records_out: m.records_out.with_label_values(&[topic]),
         }
     }
 }

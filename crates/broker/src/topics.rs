@@ -77,6 +77,15 @@ impl PartitionState {
         }
     }
 
+    /// The in-sync replicas as this node knows them (see `raft::Partition::in_sync_replicas`);
+    /// every replica when this node hosts none.
+    pub fn in_sync_replicas(&self) -> Vec<i32> {
+        match &self.replica {
+            Some(r) => r.in_sync_replicas().into_iter().map(|n| n as i32).collect(),
+            None => self.replicas.clone(),
+        }
+    }
+
     /// The leader as this node knows it: its replica's view, else the preferred replica.
     pub fn leader_id(&self) -> i32 {
         match &self.replica {
@@ -618,11 +627,13 @@ impl TopicManager {
 
     /// Registers (or updates) this node's Kafka listener in the metadata log.
     pub async fn register_broker(&self) -> Result<(), ApiError> {
+        let default = self.broker.endpoint(0);
         let me = BrokerInfo {
             node: self.broker.node_id,
-            host: self.broker.advertised_host.clone(),
-            port: self.broker.advertised_port,
+            host: default.host.clone(),
+            port: default.port,
             rack: self.broker.rack.clone(),
+            listeners: self.broker.listeners.clone(),
         };
         if self.brokers.read().get(&me.node) == Some(&me) {
             return Ok(());
@@ -632,6 +643,7 @@ impl TopicManager {
             host: me.host,
             port: me.port,
             rack: me.rack,
+            listeners: me.listeners,
         })
         .await
     }
@@ -817,6 +829,7 @@ impl TopicManager {
                 host,
                 port,
                 rack,
+                listeners,
             } => {
                 self.brokers.write().insert(
                     node,
@@ -825,6 +838,7 @@ impl TopicManager {
                         host,
                         port,
                         rack,
+                        listeners,
                     },
                 );
             }
@@ -933,19 +947,6 @@ impl TopicManager {
                         tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "retention failed")
                     }
                 }
-                let labels = [topic.name.as_str(), &p.index.to_string()];
-                self.metrics
-                    .partition_high_watermark
-                    .with_label_values(&labels)
-                    .set(replica.high_watermark());
-                self.metrics
-                    .partition_log_size
-                    .with_label_values(&labels)
-                    .set(replica.size_bytes() as i64);
-                self.metrics
-                    .partition_log_start
-                    .with_label_values(&labels)
-                    .set(replica.log_start_offset());
             }
         }
     }
@@ -1032,6 +1033,7 @@ fn fold(
             host,
             port,
             rack,
+            listeners,
         } => {
             brokers.insert(
                 *node,
@@ -1040,6 +1042,7 @@ fn fold(
                     host: host.clone(),
                     port: *port,
                     rack: rack.clone(),
+                    listeners: listeners.clone(),
                 },
             );
         }

@@ -12,6 +12,7 @@
 
 mod error;
 mod liveness;
+pub mod metrics;
 mod network;
 mod partition;
 mod store;

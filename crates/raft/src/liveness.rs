@@ -43,6 +43,11 @@ const BALANCE_AFTER: Duration = Duration::from_secs(5);
 /// At most one hand-over attempt per group in this period.
 const BALANCE_EVERY: Duration = Duration::from_secs(10);
 
+/// A follower that has not caught up with the leader for this long leaves the in-sync
+/// replicas (Kafka's `replica.lag.time.max.ms` default); one whose node stopped answering
+/// pings leaves at once.
+pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
+
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
 const JITTER_MS: u64 = 300;
 
@@ -91,6 +96,9 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
     // Per group led here: since when, and the last hand-over attempt.
     let mut led_since: HashMap<Bytes, Instant> = HashMap::new();
     let mut handed: HashMap<Bytes, Instant> = HashMap::new();
+    // Per group led here: the leader's last log index at the previous tick and when each
+    // follower last had everything up to it.
+    let mut caught_up: HashMap<Bytes, (u64, HashMap<NodeId, Instant>)> = HashMap::new();
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -116,22 +124,59 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 .get(&p)
                 .is_some_and(|t| now.saturating_duration_since(*t) < DEAD_AFTER)
         };
+        for p in &peers {
+            node.registry.set_down(*p, !alive(*p));
+        }
         let groups = node.registry.all();
         due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
+        caught_up.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         led_since.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         for (key, raft, preferred) in groups {
-            let (leader, caught_up) = {
+            let (leader, preferred_caught_up) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
-                let caught_up = match (preferred, &m.replication) {
+                let preferred_caught_up = match (preferred, &m.replication) {
                     (Some(p), Some(r)) => r
                         .get(&p)
                         .and_then(|l| l.as_ref().map(|l| l.index))
                         .is_some_and(|i| Some(i) == m.last_log_index),
                     _ => false,
                 };
-                (m.current_leader, caught_up)
+                // In-sync replicas: this leader, and each follower that had, within
+                // REPLICA_LAG_MAX, every entry the leader had one tick earlier (or has now),
+                // and whose node answers pings.
+                match (&m.replication, m.current_leader == Some(node.id)) {
+                    (Some(r), true) => {
+                        let last = m.last_log_index.unwrap_or(0);
+                        let (prev_last, seen_at) = caught_up
+                            .entry(key.clone())
+                            // A new leader starts with every follower in sync (as Kafka's
+                            // new leader keeps the ISR it was elected with).
+                            .or_insert_with(|| (last, r.keys().map(|f| (*f, now)).collect()));
+                        let mut isr = vec![node.id];
+                        for (f, matched) in r.iter().filter(|(f, _)| **f != node.id) {
+                            let at = matched.as_ref().map_or(0, |l| l.index);
+                            if at >= (*prev_last).min(last) {
+                                seen_at.insert(*f, now);
+                            }
+                            let recent = seen_at.get(f).is_some_and(|t| {
+                                now.saturating_duration_since(*t) < REPLICA_LAG_MAX
+                            });
+                            if recent && alive(*f) {
+                                isr.push(*f);
+                            }
+                        }
+                        *prev_last = last;
+                        node.registry.set_isr(key.clone(), Some(isr));
+                    }
+                    _ => {
+                        if caught_up.remove(&key).is_some() {
+                            node.registry.set_isr(key.clone(), None);
+                        }
+                    }
+                }
+                (m.current_leader, preferred_caught_up)
             };
             // Leader balancing: hand leadership back to the preferred replica.
             if leader == Some(node.id) {
@@ -141,7 +186,7 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                         .get(&key)
                         .is_some_and(|t| now.saturating_duration_since(*t) < BALANCE_EVERY);
                     if p != node.id
-                        && caught_up
+                        && preferred_caught_up
                         && alive(p)
                         && !recently
                         && now.saturating_duration_since(since) >= BALANCE_AFTER
@@ -175,6 +220,7 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 .or_insert_with(|| now + wait + jitter());
             if now >= at {
                 due.insert(key, now + RETRY_AFTER + jitter());
+                crate::metrics::ELECTIONS.inc();
                 tokio::spawn(async move {
                     let _ = raft.trigger().elect(true).await;
                 });

@@ -86,6 +86,10 @@ pub struct Registry {
     forwarders: Arc<RwLock<HashMap<Bytes, Forwarder>>>,
     /// Preferred leaders (a partition's first replica), for leader balancing.
     preferred: Arc<RwLock<HashMap<Bytes, NodeId>>>,
+    /// In-sync replicas of the groups led here, kept by the liveness task.
+    isr: Arc<RwLock<HashMap<Bytes, Vec<NodeId>>>>,
+    /// Peers the liveness task has seen stop answering.
+    down: Arc<RwLock<std::collections::HashSet<NodeId>>>,
 }
 
 impl Registry {
@@ -101,6 +105,7 @@ impl Registry {
 
     pub(crate) fn remove(&self, key: &[u8]) {
         self.groups.write().remove(key);
+        self.isr.write().remove(key);
     }
 
     /// Every hosted group with its preferred leader.
@@ -111,6 +116,31 @@ impl Registry {
             .iter()
             .map(|(k, r)| (k.clone(), r.clone(), preferred.get(k).copied()))
             .collect()
+    }
+
+    /// The in-sync replicas of `group` as its leader here last computed them.
+    pub(crate) fn isr(&self, group: &[u8]) -> Option<Vec<NodeId>> {
+        self.isr.read().get(group).cloned()
+    }
+
+    pub(crate) fn set_isr(&self, group: Bytes, isr: Option<Vec<NodeId>>) {
+        match isr {
+            Some(isr) => self.isr.write().insert(group, isr),
+            None => self.isr.write().remove(&group),
+        };
+    }
+
+    /// Whether the liveness task has seen `node` stop answering (never true without one).
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.down.read().contains(&node)
+    }
+
+    pub(crate) fn set_down(&self, node: NodeId, down: bool) {
+        if down {
+            self.down.write().insert(node);
+        } else {
+            self.down.write().remove(&node);
+        }
     }
 
     /// Records the node that should lead `group` whenever it can.

@@ -393,6 +393,55 @@ impl Partition {
         self.inner.role.subscribe()
     }
 
+    /// The replicas in sync with the leader, this one first. On the leader: itself and the
+    /// followers that kept up within `REPLICA_LAG_MAX` and whose nodes answer (a lone group:
+    /// itself). Elsewhere the lag is not known here: the voters whose nodes this node sees
+    /// answering.
+    pub fn in_sync_replicas(&self) -> Vec<NodeId> {
+        let me = self.inner.node_id;
+        let Some(raft) = self.inner.raft.get() else {
+            return vec![me];
+        };
+        let (leads, voters): (bool, Vec<NodeId>) = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.current_leader == Some(me),
+                m.membership_config.membership().voter_ids().collect(),
+            )
+        };
+        if leads {
+            if let Some(isr) = self.inner.registry.isr(&self.inner.group) {
+                return isr;
+            }
+        }
+        let mut isr: Vec<NodeId> = voters
+            .into_iter()
+            .filter(|v| *v == me || !self.inner.registry.is_down(*v))
+            .collect();
+        isr.sort_by_key(|v| *v != me);
+        isr
+    }
+
+    /// On the leader: how many entries each follower is behind the leader's log (a batch is
+    /// one entry). Empty elsewhere.
+    pub fn follower_lag(&self) -> Vec<(NodeId, u64)> {
+        let me = self.inner.node_id;
+        let Some(raft) = self.inner.raft.get() else {
+            return Vec::new();
+        };
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let (Some(r), true) = (&m.replication, m.current_leader == Some(me)) else {
+            return Vec::new();
+        };
+        let last = m.last_log_index.unwrap_or(0);
+        r.iter()
+            .filter(|(f, _)| **f != me)
+            .map(|(f, l)| (*f, last.saturating_sub(l.as_ref().map_or(0, |l| l.index))))
+            .collect()
+    }
+
     /// Names the node that should lead this group whenever it is up and caught up (a
     /// partition's first replica); in a cluster the leader hands leadership back to it.
     pub fn set_preferred_leader(&self, node: Option<NodeId>) {
@@ -655,6 +704,9 @@ async fn watch_metrics(inner: std::sync::Weak<Inner>, raft: GroupRaft) {
             Some(i) => {
                 i.role.send_if_modified(|cur| {
                     let changed = *cur != role;
+                    if role.leader.is_some() && cur.leader != role.leader {
+                        crate::metrics::LEADER_CHANGES.inc();
+                    }
                     *cur = role;
                     changed
                 });

@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/health/live`, `/health/ready`, `/metrics`, and
+//! The admin HTTP listener: `/health/live`, `/health/ready`, `/metrics`, `/v1/cluster`
+//! (JSON: the nodes with their listeners, the controller, partition counts) and
 //! `/v1/partitions` (JSON: every partition with its replicas and leader, as this node sees
 //! them).
 
@@ -21,6 +22,7 @@ pub async fn serve(
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/partitions", get(partitions))
         .with_state(broker);
     let result = axum::serve(listener, app)
@@ -39,6 +41,50 @@ async fn ready(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     }
 }
 
+async fn cluster(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    let me = broker.config.node_id;
+    let brokers: Vec<_> = broker
+        .broker_list(0)
+        .into_iter()
+        .map(|b| {
+            serde_json::json!({
+                "node": b.node,
+                "rack": b.rack,
+                "listeners": b.listeners.iter().map(|e| serde_json::json!({
+                    "name": e.name, "host": e.host, "port": e.port,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let (mut total, mut leaderless, mut led_here) = (0, 0, 0);
+    for t in broker.topics.all() {
+        for p in &t.partitions {
+            total += 1;
+            match p.leader_id() {
+                l if l < 0 => leaderless += 1,
+                l if l == me => led_here += 1,
+                _ => {}
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "node": me,
+            "cluster_id": broker.cluster_id(),
+            "controller": broker.topics.controller_id(),
+            "ready": broker.is_ready(),
+            "brokers": brokers,
+            "partitions": {
+                "total": total,
+                "leader_here": led_here,
+                "without_leader": leaderless,
+            },
+        })
+        .to_string(),
+    )
+}
+
 async fn partitions(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     let mut list = Vec::new();
     for t in broker.topics.all() {
@@ -49,6 +95,7 @@ async fn partitions(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
                 "partition": p.index,
                 "leader": (leader >= 0).then_some(leader),
                 "replicas": p.replicas,
+                "isr": p.in_sync_replicas(),
                 "high_watermark": p.replica.as_ref().map(|r| r.high_watermark()),
             }));
         }
@@ -60,6 +107,7 @@ async fn partitions(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    broker.refresh_partition_metrics();
     broker.refresh_group_metrics();
     (
         [(

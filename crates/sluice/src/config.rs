@@ -22,15 +22,31 @@ use storage::FsyncPolicy;
 #[derive(Parser, Debug, Default)]
 #[command(name = "sluice", version, about, long_about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// This node's id [node.id] (default 1).
     #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
     pub node_id: Option<i32>,
-    /// Address the Kafka listener binds [kafka.addr] (default 127.0.0.1:9092).
+    /// Address the Kafka listener binds [kafka.addr] (default 127.0.0.1:9092); shorthand for
+    /// `--listeners PLAINTEXT://HOST:PORT`.
     #[arg(long, env = "SLUICE_KAFKA_ADDR", value_name = "HOST:PORT")]
     pub kafka_addr: Option<String>,
+    /// Named Kafka listeners, `NAME://HOST:PORT,...` [listeners], e.g.
+    /// `INTERNAL://0.0.0.0:9092,EXTERNAL://0.0.0.0:19092`; instead of --kafka-addr.
+    #[arg(long, env = "SLUICE_LISTENERS", value_name = "NAME://HOST:PORT,...")]
+    pub listeners: Option<String>,
+    /// Address clients are given per listener, `NAME://HOST:PORT,...`
+    /// [advertised.listeners]; a client is told every node's address for the listener it
+    /// connected on. A listener left out advertises its bind address (127.0.0.1 for 0.0.0.0).
+    #[arg(
+        long,
+        env = "SLUICE_ADVERTISED_LISTENERS",
+        value_name = "NAME://HOST:PORT,..."
+    )]
+    pub advertised_listeners: Option<String>,
     /// Address given to clients in metadata [advertised.kafka.addr] (default: the Kafka
     /// listener's address; 127.0.0.1 when it binds 0.0.0.0).
     #[arg(long, env = "SLUICE_ADVERTISED_KAFKA_ADDR", value_name = "HOST:PORT")]
@@ -131,16 +147,34 @@ pub struct Cli {
     /// `ID@HOST:PORT,...` [cluster.peers]. Without it the node runs alone.
     #[arg(long, env = "SLUICE_PEERS", value_name = "ID@HOST:PORT,...")]
     pub peers: Option<String>,
+    /// Per-partition metric series: high watermark, log size, in-sync replicas, follower lag
+    /// [metrics.per.partition] (default true; turn off with very many partitions).
+    #[arg(long, env = "SLUICE_METRICS_PER_PARTITION", value_name = "BOOL")]
+    pub metrics_per_partition: Option<bool>,
     /// Log filter, as RUST_LOG [log.level] (default `info,openraft=error`: openraft logs every
     /// election step and unreachable peer for every group at info/warn).
     #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 }
 
+/// What to do instead of running a node.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Asks the node's admin listener whether it is ready (`/health/ready`) and exits 0 if
+    /// it is, 1 if not: a container healthcheck that needs no shell or curl.
+    Healthcheck {
+        /// The URL to ask (default: /health/ready on this configuration's admin address,
+        /// 127.0.0.1 when it binds every interface).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+}
+
 /// Everything the node needs to start.
 #[derive(Debug)]
 pub struct NodeConfig {
-    pub kafka_addr: SocketAddr,
+    /// The address each Kafka listener binds, in the order of `broker.listeners`.
+    pub kafka_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub log_level: String,
     pub broker: BrokerConfig,
@@ -199,6 +233,8 @@ const KNOWN_KEYS: &[&str] = &[
     "node.id",
     "kafka.addr",
     "advertised.kafka.addr",
+    "listeners",
+    "advertised.listeners",
     "admin.addr",
     "data.dir",
     "log.fsync",
@@ -216,6 +252,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log.index.interval.bytes",
     "log.retention.check.interval.ms",
     "log.level",
+    "metrics.per.partition",
     "cluster.addr",
     "cluster.peers",
     "offsets.topic.num.partitions",
@@ -250,6 +287,39 @@ fn parse_addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{what} '{s}' is not HOST:PORT"))?
         .next()
         .ok_or_else(|| anyhow!("{what} '{s}' resolves to no address"))
+}
+
+/// `INTERNAL://0.0.0.0:9092,EXTERNAL://:19092`: listener names with HOST:PORT (an empty
+/// host means every interface, as in Kafka).
+fn parse_listeners(what: &str, list: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = item
+            .split_once("://")
+            .ok_or_else(|| anyhow!("{what}: '{item}' is not NAME://HOST:PORT"))?;
+        let name = name.trim().to_ascii_uppercase();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!("{what}: '{item}' has no valid listener name");
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            bail!("{what}: listener '{name}' appears twice");
+        }
+        let addr = if addr.starts_with(':') {
+            format!("0.0.0.0{addr}")
+        } else {
+            addr.to_string()
+        };
+        split_host_port(what, &addr)?;
+        out.push((name, addr));
+    }
+    if out.is_empty() {
+        bail!("{what} is empty");
+    }
+    Ok(out)
 }
 
 /// `1@host:9093,2@host:9093`: node ids with their cluster addresses.
@@ -294,25 +364,59 @@ impl Cli {
     pub fn resolve(self) -> anyhow::Result<NodeConfig> {
         let file = FileConfig::load(self.config.as_ref())?;
         let d = BrokerConfig::default();
-        let kafka = match self.kafka_addr {
-            Some(a) => a,
-            None => file
-                .string("kafka.addr")?
-                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+        let kafka = self.kafka_addr.or(file.string("kafka.addr")?);
+        let advertised_kafka = self
+            .advertised_kafka_addr
+            .or(file.string("advertised.kafka.addr")?);
+        let listeners = self.listeners.or(file.string("listeners")?);
+        let advertised_listeners = self
+            .advertised_listeners
+            .or(file.string("advertised.listeners")?);
+        let binds: Vec<(String, String)> = match (listeners, kafka) {
+            (Some(_), Some(_)) => bail!("give either --listeners or --kafka-addr, not both"),
+            (Some(list), None) => parse_listeners("--listeners", &list)?,
+            (None, kafka) => vec![(
+                "PLAINTEXT".into(),
+                kafka.unwrap_or_else(|| "127.0.0.1:9092".into()),
+            )],
         };
-        let kafka_addr = parse_addr("--kafka-addr", &kafka)?;
-        let advertised = match self.advertised_kafka_addr {
-            Some(a) => a,
-            None => match file.string("advertised.kafka.addr")? {
+        let mut advertised: BTreeMap<String, String> = match advertised_listeners {
+            Some(_) if advertised_kafka.is_some() => {
+                bail!("give either --advertised-listeners or --advertised-kafka-addr, not both")
+            }
+            Some(list) => parse_listeners("--advertised-listeners", &list)?
+                .into_iter()
+                .collect(),
+            None => advertised_kafka
+                .map(|a| (binds[0].0.clone(), a))
+                .into_iter()
+                .collect(),
+        };
+        if let Some(name) = advertised
+            .keys()
+            .find(|n| !binds.iter().any(|b| &b.0 == *n))
+        {
+            bail!("advertised listener '{name}' is not one of the listeners");
+        }
+        let mut kafka_addrs = Vec::new();
+        let mut endpoints = Vec::new();
+        for (name, bind) in binds {
+            let addr = parse_addr(&format!("listener {name}"), &bind)?;
+            let advertised = match advertised.remove(&name) {
                 Some(a) => a,
-                None if kafka_addr.ip().is_unspecified() => {
-                    format!("127.0.0.1:{}", kafka_addr.port())
-                }
-                None => kafka_addr.to_string(),
-            },
-        };
-        let (advertised_host, advertised_port) =
-            split_host_port("--advertised-kafka-addr", &advertised)?;
+                None if addr.ip().is_unspecified() => format!("127.0.0.1:{}", addr.port()),
+                None => addr.to_string(),
+            };
+            let (host, port) =
+                split_host_port(&format!("advertised listener {name}"), &advertised)?;
+            if host == "0.0.0.0" || host == "::" {
+                bail!(
+                    "advertised listener {name} must be an address clients can reach, not {host}"
+                );
+            }
+            kafka_addrs.push(addr);
+            endpoints.push(broker::config::Endpoint { name, host, port });
+        }
         let admin = match self.admin_addr {
             Some(a) => a,
             None => file
@@ -372,8 +476,7 @@ impl Cli {
             node_id,
             cluster_addr,
             peers,
-            advertised_host,
-            advertised_port,
+            listeners: endpoints,
             rack: match self.broker_rack {
                 Some(r) => Some(r),
                 None => file.string("broker.rack")?,
@@ -460,6 +563,12 @@ impl Cli {
                 "offsets.retention.check.interval.ms",
                 d.offsets_retention_check_interval_ms
             ),
+            metrics_per_partition: match self.metrics_per_partition {
+                Some(b) => b,
+                None => file
+                    .bool("metrics.per.partition")?
+                    .unwrap_or(d.metrics_per_partition),
+            },
         };
         if broker.offsets_retention_minutes < 1 {
             bail!("offsets.retention.minutes must be at least 1");
@@ -501,7 +610,7 @@ impl Cli {
                 .unwrap_or_else(|| "info,openraft=error".into()),
         };
         Ok(NodeConfig {
-            kafka_addr,
+            kafka_addrs,
             admin_addr,
             log_level,
             broker,
@@ -528,7 +637,7 @@ mod tests {
         assert_eq!(cfg.broker.num_partitions, 3, "flag wins");
         assert_eq!(cfg.broker.log_retention_ms, 1000, "file value used");
         assert_eq!(cfg.broker.message_max_bytes, 1_048_588, "default used");
-        assert_eq!(cfg.kafka_addr.port(), 9092);
+        assert_eq!(cfg.kafka_addrs[0].port(), 9092);
         std::fs::write(&path, "no.such.setting = 1\n").unwrap();
         let err = Cli {
             config: Some(path),
@@ -547,7 +656,59 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(cfg.broker.advertised_host, "127.0.0.1");
-        assert_eq!(cfg.broker.advertised_port, 19092);
+        assert_eq!(cfg.broker.listeners[0].host, "127.0.0.1");
+        assert_eq!(cfg.broker.listeners[0].port, 19092);
+    }
+
+    #[test]
+    fn named_listeners_with_advertised_addresses() {
+        let cfg = Cli {
+            listeners: Some("internal://0.0.0.0:9092, EXTERNAL://:19092".into()),
+            advertised_listeners: Some("INTERNAL://sluice-1:9092".into()),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap();
+        let names: Vec<_> = cfg
+            .broker
+            .listeners
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(names, ["INTERNAL", "EXTERNAL"]);
+        assert_eq!(cfg.broker.listeners[0].host, "sluice-1");
+        assert_eq!(
+            cfg.broker.listeners[1].host, "127.0.0.1",
+            "bind address advertised"
+        );
+        assert_eq!(cfg.broker.listeners[1].port, 19092);
+        assert_eq!(cfg.kafka_addrs.len(), 2);
+        assert_eq!(
+            cfg.broker.advertised_listeners(),
+            "INTERNAL://sluice-1:9092,EXTERNAL://127.0.0.1:19092"
+        );
+        for (listeners, advertised, why) in [
+            ("A://0.0.0.0:1,A://0.0.0.0:2", None, "twice"),
+            ("A://0.0.0.0:1", Some("B://h:1"), "not one of the listeners"),
+            ("A:0.0.0.0:1", None, "NAME://HOST:PORT"),
+            ("A://0.0.0.0:1", Some("A://0.0.0.0:1"), "clients can reach"),
+        ] {
+            let err = Cli {
+                listeners: Some(listeners.into()),
+                advertised_listeners: advertised.map(Into::into),
+                ..Cli::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains(why), "{listeners}: {err}");
+        }
+        let err = Cli {
+            listeners: Some("A://0.0.0.0:1".into()),
+            kafka_addr: Some("0.0.0.0:2".into()),
+            ..Cli::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 }

@@ -19,8 +19,25 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: protocol::alloc::GuardedAlloc = protocol::alloc::GuardedAlloc;
 
 fn main() -> anyhow::Result<()> {
-    let cli = config::Cli::parse();
+    let mut cli = config::Cli::parse();
+    let command = cli.command.take();
     let cfg = cli.resolve()?;
+    if let Some(config::Command::Healthcheck { url }) = command {
+        let url = url.unwrap_or_else(|| {
+            let mut addr = cfg.admin_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}/health/ready")
+        });
+        match healthcheck(&url) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                eprintln!("not healthy: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .context("invalid log filter")?;
@@ -42,11 +59,46 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// GET `url` (plain http://HOST:PORT/PATH) and succeed on status 200.
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("'{url}' is not an http:// URL"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {hostport}"))?
+        .next()
+        .with_context(|| format!("{hostport} resolves to no address"))?;
+    let timeout = Duration::from_secs(3);
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.set_write_timeout(Some(timeout))?;
+    write!(
+        sock,
+        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    sock.take(4096).read_to_end(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    let status = text.lines().next().unwrap_or_default();
+    match status.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => anyhow::bail!("{url} answered '{status}'"),
+    }
+}
+
 async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
     tracing::info!(
         node_id = cfg.broker.node_id,
-        kafka = %cfg.kafka_addr,
-        advertised = %format!("{}:{}", cfg.broker.advertised_host, cfg.broker.advertised_port),
+        kafka = ?cfg.kafka_addrs,
+        advertised = %cfg.broker.advertised_listeners(),
         admin = %cfg.admin_addr,
         data_dir = %cfg.broker.data_dir.display(),
         fsync = ?cfg.broker.fsync,
@@ -62,9 +114,13 @@ async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
-    let kafka_listener = tokio::net::TcpListener::bind(cfg.kafka_addr)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {}", cfg.kafka_addr))?;
+    let mut kafka_listeners = Vec::new();
+    for (addr, endpoint) in cfg.kafka_addrs.iter().zip(&cfg.broker.listeners) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the Kafka listener {} on {addr}", endpoint.name))?;
+        kafka_listeners.push(listener);
+    }
 
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -72,17 +128,26 @@ async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let retention_task = tokio::spawn(retention_loop(broker.clone(), shutdown.clone()));
-    let kafka_task = tokio::spawn(broker::serve(
-        kafka_listener,
-        broker.clone(),
-        shutdown.clone(),
-    ));
+    let kafka_tasks: Vec<_> = kafka_listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| {
+            tokio::spawn(broker::serve(
+                listener,
+                index,
+                broker.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
     tracing::info!("sluice is ready");
 
     wait_for_signal().await;
     tracing::info!("shutting down: answering in-flight requests");
     shutdown.cancel();
-    let _ = kafka_task.await;
+    for task in kafka_tasks {
+        let _ = task.await;
+    }
     let _ = retention_task.await;
     broker.shutdown().await;
     let _ = admin_task.await;

@@ -20,6 +20,7 @@ mod error;
 #[cfg(feature = "kv")]
 pub mod kv;
 pub mod log;
+pub mod metrics;
 
 pub use error::{Error, Result};
 #[cfg(feature = "kv")]

@@ -45,7 +45,7 @@ fn broker_configs(broker: &Broker) -> Vec<(&'static str, String, ConfigType)> {
         ("broker.id", c.node_id.to_string(), ConfigType::Int),
         (
             "advertised.listeners",
-            format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
+            c.advertised_listeners(),
             ConfigType::String,
         ),
         (

@@ -164,6 +164,7 @@ fn read_all(
                             Ok(r) => {
                                 total += r.data.len() as i64;
                                 topic.metrics.bytes_out.inc_by(r.data.len() as u64);
+                                topic.metrics.records_out.inc_by(record_count(&r.data));
                                 ok_partition(*index, r.high_watermark, r.log_start_offset, r.data)
                             }
                             Err(raft::Error::OffsetOutOfRange { .. }) => {
@@ -214,4 +215,18 @@ fn error_partition(index: i32, code: i16) -> PartitionData {
         .with_log_start_offset(-1)
         .with_preferred_read_replica(BrokerId(-1))
         .with_records(Some(Bytes::new()))
+}
+
+/// Records in concatenated record batches, from their headers.
+fn record_count(mut data: &[u8]) -> u64 {
+    let mut n = 0u64;
+    while let Ok(h) = storage::batch::BatchHeader::parse_prefix(data) {
+        n += u64::try_from(h.record_count()).unwrap_or(0);
+        let size = h.total_size();
+        if size == 0 || size > data.len() {
+            break;
+        }
+        data = &data[size..];
+    }
+    n
 }

@@ -44,6 +44,7 @@ pub fn find_coordinator(
     broker: &Broker,
     req: FindCoordinatorRequest,
     version: i16,
+    listener: usize,
 ) -> FindCoordinatorResponse {
     // The coordinator of a group is the leader of its __consumer_offsets partition.
     let answer = |key_type: i8, key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
@@ -63,7 +64,7 @@ pub fn find_coordinator(
         ))?;
         let p = crate::groups::partition_for(key, topic.partitions.len());
         let leader = topic.partitions[p].leader_id();
-        broker.broker_address(leader).ok_or((
+        broker.broker_address(leader, listener).ok_or((
             codes::COORDINATOR_NOT_AVAILABLE,
             "the group's offsets partition has no leader",
         ))

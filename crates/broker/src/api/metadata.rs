@@ -27,15 +27,20 @@ const CLUSTER_OPS_ALL: i32 =
 
 use crate::sb as str;
 
-pub fn metadata(broker: Arc<Broker>, req: MetadataRequest, version: i16) -> Reply {
+pub fn metadata(broker: Arc<Broker>, req: MetadataRequest, version: i16, listener: usize) -> Reply {
     Box::pin(async move {
         Some(ResponseKind::Metadata(
-            metadata_inner(&broker, req, version).await,
+            metadata_inner(&broker, req, version, listener).await,
         ))
     })
 }
 
-async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+async fn metadata_inner(
+    broker: &Broker,
+    req: MetadataRequest,
+    version: i16,
+    listener: usize,
+) -> MetadataResponse {
     // v0: an empty list means every topic; v1+: null means every topic.
     let all = match &req.topics {
         None => true,
@@ -104,7 +109,7 @@ async fn metadata_inner(broker: &Broker, req: MetadataRequest, version: i16) -> 
         }
     }
     let brokers = broker
-        .broker_list()
+        .broker_list(listener)
         .into_iter()
         .map(|b| {
             MetadataResponseBroker::default()
@@ -146,7 +151,7 @@ fn topic_metadata(_broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopi
                 .with_partition_index(p.index)
                 .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(epoch)
-                .with_isr_nodes(replicas.clone())
+                .with_isr_nodes(p.in_sync_replicas().into_iter().map(BrokerId).collect())
                 .with_replica_nodes(replicas)
         })
         .collect();
@@ -158,7 +163,11 @@ fn topic_metadata(_broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopi
         .with_topic_authorized_operations(ops)
 }
 
-pub fn describe_cluster(broker: &Broker, req: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Broker,
+    req: DescribeClusterRequest,
+    listener: usize,
+) -> DescribeClusterResponse {
     // endpoint_type 1 = brokers; 2 = controllers (KIP-919). One node is both.
     if req.endpoint_type != 1 && req.endpoint_type != 2 {
         return DescribeClusterResponse::default()
@@ -172,7 +181,7 @@ pub fn describe_cluster(broker: &Broker, req: DescribeClusterRequest) -> Describ
         .with_controller_id(BrokerId(broker.controller_id()))
         .with_brokers(
             broker
-                .broker_list()
+                .broker_list(listener)
                 .into_iter()
                 .map(|b| {
                     DescribeClusterBroker::default()

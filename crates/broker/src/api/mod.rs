@@ -63,21 +63,30 @@ fn ready(r: ResponseKind) -> Reply {
     Box::pin(std::future::ready(Some(r)))
 }
 
+/// Who sent a request: the peer's address and the listener (an index into the broker's
+/// `listeners`) it connected on, which decides the addresses Metadata answers with.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub listener: usize,
+}
+
 /// Routes a decoded request to its handler.
 pub fn dispatch(
     broker: &Arc<Broker>,
     header: &RequestHeader,
-    peer: SocketAddr,
+    client: Client,
     request: RequestKind,
 ) -> Reply {
     let v = header.request_api_version;
+    let peer = client.peer;
     match request {
         RequestKind::ApiVersions(_) => {
             ready(ResponseKind::ApiVersions(versions::api_versions_response()))
         }
-        RequestKind::Metadata(r) => metadata::metadata(broker.clone(), r, v),
+        RequestKind::Metadata(r) => metadata::metadata(broker.clone(), r, v, client.listener),
         RequestKind::DescribeCluster(r) => ready(ResponseKind::DescribeCluster(
-            metadata::describe_cluster(broker, r),
+            metadata::describe_cluster(broker, r, client.listener),
         )),
         RequestKind::Produce(r) => produce::produce(broker, r, v),
         RequestKind::Fetch(r) => fetch::fetch(broker.clone(), r, v),
@@ -101,7 +110,7 @@ pub fn dispatch(
             configs::incremental_alter_configs(broker.clone(), r)
         }
         RequestKind::FindCoordinator(r) => ready(ResponseKind::FindCoordinator(
-            groups::find_coordinator(broker, r, v),
+            groups::find_coordinator(broker, r, v, client.listener),
         )),
         RequestKind::JoinGroup(r) => groups::join_group(broker, header, peer, r, v),
         RequestKind::SyncGroup(r) => groups::sync_group(broker, r),

@@ -99,16 +99,38 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                 ));
                 continue;
             };
+            // acks=all needs min.insync.replicas in sync before the write is taken (a Raft
+            // commit needs a majority anyway; this is the stricter Kafka check).
+            if acks == -1 && replica.is_leader() {
+                let isr = replica.in_sync_replicas().len();
+                let min = topic.config.min_insync_replicas;
+                if (isr as i64) < i64::from(min) {
+                    parts.push(answer(
+                        codes::NOT_ENOUGH_REPLICAS,
+                        format!("{isr} in-sync replicas, min.insync.replicas is {min}"),
+                    ));
+                    continue;
+                }
+            }
             let proposed = replica.propose(v.batches);
             let metrics = topic.metrics.clone();
             let broker = broker.clone();
             let (records, bytes, append_time) = (v.records, v.bytes, append_time.unwrap_or(-1));
+            let proposed_at = std::time::Instant::now();
             parts.push(Box::pin(async move {
                 let outcome =
                     match tokio::time::timeout(timeout.max(Duration::from_millis(1)), proposed)
                         .await
                     {
-                        Ok(r) => r,
+                        Ok(r) => {
+                            if r.is_ok() {
+                                broker
+                                    .metrics
+                                    .commit_latency
+                                    .observe(proposed_at.elapsed().as_secs_f64());
+                            }
+                            r
+                        }
                         Err(_) => {
                             broker.count_error(ApiKey::Produce, codes::REQUEST_TIMED_OUT);
                             return failed(

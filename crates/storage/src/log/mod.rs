@@ -449,7 +449,10 @@ impl PartitionLog {
         let r = if self.fail_next_fsync.swap(false, Ordering::SeqCst) {
             Err(io::Error::other("injected fsync failure"))
         } else {
-            f.sync_data()
+            let started = std::time::Instant::now();
+            let r = f.sync_data();
+            crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+            r
         };
         r.map_err(|e| self.poison(e))
     }

@@ -1,0 +1,185 @@
+"""In-sync replicas and min.insync.replicas on a local three-node cluster, with a follower kill.
+
+Started by tests/cluster/run.sh after failover.py. Two topics with replication factor 3:
+one with min.insync.replicas=3, one with 2. While a follower of both is SIGKILLed:
+the leader drops it from the ISR (its /v1/partitions and Kafka Metadata), reports the
+partition under-replicated in /metrics, refuses acks=all writes to the min.insync=3 topic
+with NOT_ENOUGH_REPLICAS, and keeps taking them on the min.insync=2 topic. After the
+follower restarts it is back in the ISR, has caught up, and every acknowledged record
+reads back once.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
+BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
+STAMP = int(time.time())
+STRICT = "isr-strict-%d" % STAMP  # min.insync.replicas=3
+LENIENT = "isr-lenient-%d" % STAMP  # min.insync.replicas=2
+
+
+def get(node, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d9644%s" % (node, path), timeout=2) as r:
+        return r.read().decode()
+
+
+def partition_view(node, topic):
+    try:
+        doc = json.loads(get(node, "/v1/partitions"))
+    except OSError:
+        return None
+    return next((p for p in doc["partitions"] if p["topic"] == topic and p["partition"] == 0), None)
+
+
+def wait_for(what, cond, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise SystemExit("FAIL: %s within %d s" % (what, timeout))
+
+
+def leader(topic):
+    for node in (1, 2, 3):
+        p = partition_view(node, topic)
+        if p and p["leader"]:
+            return p["leader"]
+    return None
+
+
+def metric(node, name):
+    total = 0.0
+    for line in get(node, "/metrics").splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def produce(topic, values, retries=True):
+    """Produces values acks=all; returns (acked values, error codes)."""
+    conf = {"bootstrap.servers": BOOTSTRAP, "acks": "all", "linger.ms": 2}
+    if retries:
+        conf.update({"enable.idempotence": True, "message.timeout.ms": 60000})
+    else:
+        conf.update({"retries": 0, "message.timeout.ms": 10000})
+    p = Producer(conf)
+    acked, errors = [], []
+
+    def cb(err, msg):
+        if err is None:
+            acked.append(int(msg.value()))
+        else:
+            errors.append(err.code())
+    for v in values:
+        p.produce(topic, value=b"%d" % v, partition=0, on_delivery=cb)
+    p.flush(90)
+    return acked, errors
+
+
+def main():
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    futures = admin.create_topics([
+        NewTopic(STRICT, 1, 3, config={"min.insync.replicas": "3"}),
+        NewTopic(LENIENT, 1, 3, config={"min.insync.replicas": "2"}),
+    ])
+    for f in futures.values():
+        f.result(30)
+    ok = True
+    acked = {STRICT: [], LENIENT: []}
+    for topic in (STRICT, LENIENT):
+        wait_for("a leader for %s" % topic, lambda: leader(topic), 15)
+        a, e = produce(topic, range(0, 100))
+        acked[topic] += a
+        if e or len(a) != 100:
+            print("FAIL: all-in-sync produce to %s: %d acked, errors %s" % (topic, len(a), e[:3]))
+            ok = False
+    lead = leader(STRICT)
+    isr = wait_for("a full ISR on the leader", lambda: (partition_view(lead, STRICT) or {}).get("isr"), 10)
+    print("leader of %s: node %d, isr %s" % (STRICT, lead, isr))
+    if sorted(isr) != [1, 2, 3]:
+        print("FAIL: isr with every node up is %s" % isr)
+        ok = False
+    # Kill a follower of the strict topic (a replica of every RF=3 partition).
+    victim = next(n for n in (1, 2, 3) if n != lead)
+    killed = time.time()
+    subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
+
+    def shrunk():
+        lead_now = leader(STRICT)
+        view = lead_now and partition_view(lead_now, STRICT)
+        return view and victim not in view["isr"] and len(view["isr"]) == 2 and (lead_now, view["isr"])
+    lead, isr = wait_for("the ISR to drop the killed follower", shrunk, 10)
+    print("killed follower %d; leader %d reports isr %s after %.1f s" % (victim, lead, isr, time.time() - killed))
+    md = AdminClient({"bootstrap.servers": "127.0.0.1:%d9092" % lead}).list_topics(STRICT, timeout=10)
+    md_isr = sorted(md.topics[STRICT].partitions[0].isrs)
+    print("Kafka Metadata isr:", md_isr)
+    if victim in md_isr:
+        print("FAIL: Metadata still lists node %d in sync" % victim)
+        ok = False
+    urp = wait_for("under-replicated partitions in the leader's metrics",
+                   lambda: metric(lead, "sluice_partitions_under_replicated"), 10)
+    print("leader's sluice_partitions_under_replicated:", urp)
+    a, e = produce(STRICT, range(100, 110), retries=False)
+    print("acks=all to min.insync=3 with 2 in sync: acked %d, errors %s" % (len(a), sorted(set(e))))
+    if a or not e or any(c != KafkaError.NOT_ENOUGH_REPLICAS for c in e):
+        print("FAIL: expected NOT_ENOUGH_REPLICAS for every record")
+        ok = False
+    a, e = produce(LENIENT, range(100, 200))
+    acked[LENIENT] += a
+    print("acks=all to min.insync=2 with 2 in sync: acked %d, errors %s" % (len(a), e[:3]))
+    if e or len(a) != 100:
+        ok = False
+    # Bring the follower back: it rejoins the ISR and catches up.
+    subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
+    restarted = time.time()
+
+    def full():
+        lead_now = leader(STRICT)
+        view = lead_now and partition_view(lead_now, STRICT)
+        return view and sorted(view["isr"]) == [1, 2, 3]
+    wait_for("the restarted follower back in the ISR", full, 30)
+    print("node %d back in the ISR %.1f s after its restart" % (victim, time.time() - restarted))
+    a, e = produce(STRICT, range(200, 300))
+    acked[STRICT] += a
+    if e or len(a) != 100:
+        print("FAIL: produce with the full ISR again: %d acked, errors %s" % (len(a), e[:3]))
+        ok = False
+
+    def caught_up():
+        lead_now = leader(LENIENT)
+        lv, fv = partition_view(lead_now, LENIENT), partition_view(victim, LENIENT)
+        return lv and fv and fv["high_watermark"] == lv["high_watermark"] and lv["high_watermark"]
+    hw = wait_for("the restarted follower catching up", caught_up, 30)
+    print("restarted follower caught up on %s: high watermark %d" % (LENIENT, hw))
+    for topic in (STRICT, LENIENT):
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "isr-check", "enable.auto.commit": False})
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        idle_until = time.time() + 15
+        while time.time() < idle_until and len(got) < len(acked[topic]):
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(int(m.value()))
+        c.close()
+        missing = set(acked[topic]) - set(got)
+        dups = len(got) - len(set(got))
+        print("%s: acknowledged %d, read %d, missing %d, duplicates %d" % (
+            topic, len(acked[topic]), len(got), len(missing), dups))
+        if missing or dups:
+            ok = False
+    print("isr test:", "OK" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
