@@ -5,7 +5,8 @@ export CARGO_TERM_COLOR ?= never
 BIN_DEBUG := $(CARGO_TARGET_DIR)/debug/sluice
 BIN_RELEASE := $(CARGO_TARGET_DIR)/release/sluice
 
-.PHONY: run build deps test-deps lint unit test interop cluster fuzz-smoke bench release clean-data local-cluster
+.PHONY: run build deps test-deps lint unit test interop cluster compose-test fuzz-smoke bench release clean-data local-cluster \
+	image cluster-up cluster-down cluster-status
 
 deps:
 	@deploy/install-deps.sh build
@@ -44,7 +45,14 @@ cluster: test-deps
 	cargo build -p sluice
 	SLUICE_BIN=$(BIN_DEBUG) tests/cluster/run.sh
 
-test: test-deps lint unit interop cluster fuzz-smoke
+## The compose cluster in containers (image from the debug build): clients on the host and in
+## the compose network, Prometheus, kills, network cuts, a rolling restart. Skipped (and says
+## so) where no Docker engine is usable.
+compose-test: test-deps
+	cargo build -p sluice
+	SLUICE_BIN=$(BIN_DEBUG) tests/compose/run.sh
+
+test: test-deps lint unit interop cluster compose-test fuzz-smoke
 	@echo "make test: all passed"
 
 release: deps
@@ -60,6 +68,25 @@ bench: release test-deps
 CMD ?= up
 local-cluster: build
 	SLUICE_BIN=$(BIN_DEBUG) deploy/local-cluster.sh $(CMD)
+
+## The image sluice:local, FROM scratch: the release binary (or SLUICE_BIN=...) and its shared
+## libraries; no registry needed. deploy/Dockerfile is the same image for machines with one.
+image: deps
+	@if [ -z "$(SLUICE_BIN)" ]; then cargo build --release -p sluice; fi
+	SLUICE_BIN="$(or $(SLUICE_BIN),$(BIN_RELEASE))" deploy/image.sh sluice
+
+## The three-node compose cluster (docker-compose.yml): Kafka on 127.0.0.1:19092,29092,39092,
+## admin HTTP on 19644,29644,39644, Prometheus on 9090; see docs/configuration.md.
+cluster-up: image
+	deploy/compose.sh up
+
+## Stops and removes the compose cluster's containers; its volumes stay (deploy/compose.sh clean drops them).
+cluster-down:
+	deploy/compose.sh down
+
+## The compose cluster's containers and which node leads each partition.
+cluster-status:
+	deploy/compose.sh status
 
 clean-data:
 	rm -rf ./sluice-data

@@ -5,7 +5,8 @@
 #   deploy/compose.sh down     # stop and remove the containers; the volumes (data) stay
 #   deploy/compose.sh clean    # down, and remove the volumes too
 #   deploy/compose.sh status   # the containers, then every partition's leader, replicas and
-#                              # high watermark per node (admin HTTP /v1/partitions)
+#                              # high watermark per node (admin HTTP /v1/cluster, /v1/partitions;
+#                              # internal topics summarised unless SLUICE_STATUS_ALL=1)
 #
 # `up` never builds or pulls the Sluice image: it must exist (make image). When the Prometheus
 # image is not on this machine and cannot be pulled (no registry), `up` packages Debian's
@@ -139,15 +140,23 @@ cmd_status() {
   local s n
   "${COMPOSE[@]}" ps
   echo
-  for s in "${NODES[@]}"; do
-    echo "$s: $(health_of "$s")"
+  for n in 1 2 3; do
+    printf 'sluice-%s: %s' "$n" "$(health_of "sluice-$n")"
+    curl -fsS --max-time 3 "http://127.0.0.1:${n}9644/v1/cluster" 2>/dev/null | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+p = c.get("partitions") or {}
+print(", ready %s, controller %s, leads %s of %s partitions, %s without a leader" % (
+    c.get("ready"), c.get("controller"), p.get("leader_here"), p.get("total"), p.get("without_leader")), end="")
+' 2>/dev/null || printf ', admin HTTP not answering'
+    echo
   done
   echo
   for n in 1 2 3; do
     curl -fsS --max-time 3 "http://127.0.0.1:${n}9644/v1/partitions" 2>/dev/null || echo '{}'
     echo
   done | python3 -c '
-import json, sys
+import json, os, sys
 views = {}
 for line in sys.stdin:
     line = line.strip()
@@ -166,6 +175,15 @@ nodes = sorted(views)
 print("partitions (leader as most nodes see it; high watermark per node, - where not a replica"
       " or not answering); answering nodes: %s" % ", ".join(map(str, nodes)))
 keys = sorted(set(k for v in views.values() for k in v))
+# Internal topics (__consumer_offsets: 50 partitions) as one line each, unless SLUICE_STATUS_ALL=1.
+internal = {}
+if os.environ.get("SLUICE_STATUS_ALL") != "1":
+    for k in [k for k in keys if k[0].startswith("__")]:
+        leaders = [views[n][k].get("leader") for n in nodes if k in views[n]]
+        leader = max(set(leaders), key=leaders.count) if leaders else None
+        internal.setdefault(k[0], {})
+        internal[k[0]][leader] = internal[k[0]].get(leader, 0) + 1
+    keys = [k for k in keys if not k[0].startswith("__")]
 rows = [["topic", "partition", "leader", "replicas"] + ["hw@%d" % n for n in (1, 2, 3)]]
 for k in keys:
     leaders = [views[n][k].get("leader") for n in nodes if k in views[n]]
@@ -182,10 +200,9 @@ if len(rows) == 1:
 widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
 for r in rows:
     print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-led = {}
-for r in rows[1:]:
-    led[r[2]] = led.get(r[2], 0) + 1
-print("partitions led: " + ", ".join("node %s: %d" % (n, c) for n, c in sorted(led.items())))
+for t, led in sorted(internal.items()):
+    print("%s: %d partitions, led by %s (SLUICE_STATUS_ALL=1 lists them)" % (
+        t, sum(led.values()), ", ".join("node %s: %d" % (n, c) for n, c in sorted(led.items(), key=str))))
 '
 }
 
