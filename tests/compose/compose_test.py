@@ -2,9 +2,10 @@
 three nodes of docker-compose.yml healthy (project and compose command in COMPOSE_TEST_CMD).
 
 Phases (COMPOSE_TEST_ONLY selects some):
-  host        clients on the host: a replication-factor-3 topic, produce and consume through
-              each node's external port alone (19092, 29092, 39092); metadata names every
-              node by its external address.
+  producer-ids  InitProducerId asked of each node directly: three different producer ids.
+  host        clients on the host: a replication-factor-3 topic; idempotent producers and
+              consumers through each node's external port alone (19092, 29092, 39092);
+              metadata names every node by its external address.
   network     a client in a container on the compose network (Debian's kcat, image
               sluice-kcat:local) produces and consumes through sluice-1:9092, sluice-2:9092,
               sluice-3:9092; metadata names every node by its internal address; the topic is
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,7 +40,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 COMPOSE = shlex.split(os.environ["COMPOSE_TEST_CMD"])
-ONLY = set(os.environ.get("COMPOSE_TEST_ONLY", "host network prometheus faults rolling").split())
+ONLY = set(os.environ.get("COMPOSE_TEST_ONLY", "producer-ids host network prometheus faults rolling").split())
 NODES = (1, 2, 3)
 EXTERNAL = {n: "127.0.0.1:%d9092" % n for n in NODES}
 INTERNAL = {n: "sluice-%d:9092" % n for n in NODES}
@@ -331,10 +333,11 @@ def init_producer_id(addr):
 # ----------------------------------------------------------------------------- phases
 
 
-def phase_host():
-    # Idempotent producers that bootstrap from different nodes write to the same partitions
-    # below: their producer ids must differ, or the leader takes one producer's batches for
-    # duplicates of the other's (acknowledged, not stored) or refuses them as out of order.
+def phase_producer_ids():
+    """Idempotent producers that got their ids from different nodes may write to the same
+    partition (the host phase does): their producer ids must differ, or the leader takes one
+    producer's batches for duplicates of the other's (acknowledged, not stored) or refuses them
+    as out of order."""
     pids = {}
     for n in NODES:
         error, pid, epoch = init_producer_id(EXTERNAL[n])
@@ -342,6 +345,9 @@ def phase_host():
         pids[n] = (pid, epoch)
     log("InitProducerId asked of each node: %s" % pids)
     check(len(set(pids.values())) == 3, "nodes hand out the same producer id and epoch: %s" % pids)
+
+
+def phase_host():
     topic = "host-%s" % RUN
     create_topic(topic, 3, bootstrap=EXTERNAL[1])
     v = views(topic)
@@ -542,14 +548,16 @@ def phase_rolling():
 
 def main():
     timings = []
-    failed = None
+    failed = []
     prom_load = None
-    phases = [p for p in ("host", "network", "prometheus", "faults", "rolling") if p in ONLY]
+    phases = [p for p in ("producer-ids", "host", "network", "prometheus", "faults", "rolling") if p in ONLY]
     for name in phases:
         log("=== phase %s" % name)
         t = time.time()
         try:
-            if name == "host":
+            if name == "producer-ids":
+                phase_producer_ids()
+            elif name == "host":
                 phase_host()
             elif name == "network":
                 if "prometheus" in ONLY and prom_load is None:
@@ -575,14 +583,18 @@ def main():
             elif name == "rolling":
                 phase_rolling()
             timings.append((name, time.time() - t, "ok"))
-        except (Failed, KafkaException, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        except Exception as e:  # noqa: BLE001 (any failure of a phase is reported, then the next runs)
+            if not isinstance(e, (Failed, KafkaException, subprocess.CalledProcessError,
+                                  subprocess.TimeoutExpired)):
+                traceback.print_exc()
+            # Every phase has topics of its own: go on, to report every failure at once.
             timings.append((name, time.time() - t, "FAILED"))
-            failed = "%s: %s" % (name, e)
-            log("FAIL %s" % failed)
-            break
+            failed.append("%s: %s" % (name, e))
+            log("FAIL %s" % failed[-1])
     log("timings: " + ", ".join("%s %.1f s (%s)" % x for x in timings))
     if failed:
-        print("compose test FAILED: " + failed, flush=True)
+        for f in failed:
+            print("compose test FAILED: " + f, flush=True)
         sys.exit(1)
     print("compose test: OK", flush=True)
 

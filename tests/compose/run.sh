@@ -9,7 +9,7 @@
 #   SLUICE_VENV         Python venv with confluent-kafka (default <repo>/.venv; created if missing)
 #   KEEP_COMPOSE=1      leave the containers and volumes up at the end (the project name is printed)
 #   COMPOSE_TEST_ONLY   subset of phases for compose_test.py, e.g. "host network"
-#                       (phases: host network prometheus faults rolling)
+#                       (phases: producer-ids host network prometheus faults rolling)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 START=$SECONDS
