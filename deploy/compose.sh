@@ -106,7 +106,7 @@ cmd_up() {
     services+=(prometheus)
   elif [ -x /usr/bin/prometheus ]; then
     echo "$PROM_DEFAULT is not here and cannot be pulled: running Debian's prometheus as sluice-prometheus:local"
-    "$ROOT/deploy/image.sh" prometheus
+    have_image sluice-prometheus:local || "$ROOT/deploy/image.sh" prometheus
     export SLUICE_PROMETHEUS_IMAGE=sluice-prometheus:local
     services+=(prometheus)
   else
@@ -196,10 +196,11 @@ for k in keys:
     rows.append([k[0], str(k[1]), "-" if leader is None else str(leader),
                  ",".join(str(r) for r in any_view.get("replicas") or [])] + hws)
 if len(rows) == 1:
-    print("(no partitions)")
-widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-for r in rows:
-    print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print("(no topics)")
+else:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 for t, led in sorted(internal.items()):
     print("%s: %d partitions, led by %s (SLUICE_STATUS_ALL=1 lists them)" % (
         t, sum(led.values()), ", ".join("node %s: %d" % (n, c) for n, c in sorted(led.items(), key=str))))
