@@ -27,7 +27,7 @@ RATE = 2000  # records per second
 
 
 def leader_of(partition):
-    """The leader of TOPIC's partition as a running node reports it (None if unknown)."""
+    """The node leading TOPIC's partition by its own account (None if none does)."""
     for node in (1, 2, 3):
         try:
             with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
@@ -35,8 +35,8 @@ def leader_of(partition):
         except OSError:
             continue
         for p in doc["partitions"]:
-            if p["topic"] == TOPIC and p["partition"] == partition and p["leader"]:
-                return p["leader"]
+            if p["topic"] == TOPIC and p["partition"] == partition and p["leader"] == node:
+                return node
     return None
 
 

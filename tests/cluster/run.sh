@@ -32,3 +32,13 @@ if ! "$PY" "$ROOT/tests/cluster/isr.py"; then
     dump_logs
     exit 1
 fi
+echo "==> producer ids unique across the nodes"
+if ! "$PY" "$ROOT/tests/cluster/producer_ids.py"; then
+    dump_logs
+    exit 1
+fi
+echo "==> group coordinator failover"
+if ! "$PY" "$ROOT/tests/cluster/coordinator.py"; then
+    dump_logs
+    exit 1
+fi

@@ -7,6 +7,7 @@
 //! metadata through [`storage::MetaStore`].
 
 pub mod api;
+mod committed;
 pub mod config;
 mod conn;
 pub mod groups;
@@ -55,7 +56,7 @@ impl Broker {
                 id
             }
         };
-        let producer_ids = ProducerIds::open(meta.clone())?;
+        let producer_ids = ProducerIds::open(&meta)?;
         let (raft, transport) = if config.peers.is_empty() {
             (
                 raft::RaftNode::single(config.node_id as u64, meta.clone()),
@@ -130,6 +131,11 @@ impl Broker {
     /// The group coordinator.
     pub fn groups(&self) -> &Arc<Coordinator> {
         &self.groups
+    }
+
+    /// A fresh producer id, unique in the cluster.
+    pub async fn next_producer_id(&self) -> Result<i64, topics::ApiError> {
+        self.producer_ids.next(&self.topics).await
     }
 
     /// Refreshes the partition gauges: per node (partitions led, under-replicated, without a
@@ -317,14 +323,16 @@ async fn open_groups(
         offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),
         offsets_retention_check_interval_ms: config.offsets_retention_check_interval_ms.max(1),
     };
-    // Today every node holds a replica of every offsets partition (replication factor
-    // min(3, nodes) with at most three nodes); a node without one has no groups there.
-    let partitions = topic
-        .partitions
-        .iter()
-        .filter_map(|p| p.replica.clone())
-        .collect();
-    Ok(Coordinator::load(settings, partitions)?)
+    // The coordinator of a group is the leader of its offsets partition; a node holding no
+    // replica of a partition never coordinates its groups.
+    let partitions = topic.partitions.iter().map(|p| p.replica.clone()).collect();
+    let coordinator = Coordinator::start(settings, config.node_id as u64, partitions);
+    // Start serving with the groups of the partitions led here already loaded (a lone
+    // node: all of them); the others load when this node becomes their leader.
+    if !coordinator.settle(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("some offsets partitions led here are still loading");
+    }
+    Ok(coordinator)
 }
 
 /// Retries a start-up step that needs the metadata log (in a cluster, a quorum of nodes)

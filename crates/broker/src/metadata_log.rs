@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use raft::Partition;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -49,6 +48,10 @@ pub enum MetaRecord {
     },
     /// The cluster id (the first such record counts).
     InitCluster { cluster_id: String },
+    /// Producer ids `first..first + count` for `node` to hand out. Taken only if `first` is
+    /// at or past the cluster's next free id (else another node got there first and the
+    /// record is skipped), so no id is ever given to two producers in the cluster.
+    AllocateProducerIds { node: i32, first: i64, count: i64 },
     /// A node's Kafka listeners as clients should reach them (the latest registration
     /// counts). `host`/`port` are the default (first) listener; `listeners` lists them all
     /// (absent in records written before named listeners existed).
@@ -60,6 +63,24 @@ pub enum MetaRecord {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         listeners: Vec<Endpoint>,
     },
+}
+
+/// The producer id blocks handed out so far (folded from `AllocateProducerIds`).
+#[derive(Debug, Default, Clone)]
+pub struct ProducerIdBlocks {
+    /// The first id no block holds.
+    pub next: i64,
+    /// The latest block of each node: (first, end).
+    pub latest: BTreeMap<i32, (i64, i64)>,
+}
+
+impl ProducerIdBlocks {
+    pub fn apply(&mut self, node: i32, first: i64, count: i64) {
+        if first >= self.next && count > 0 {
+            self.next = first.saturating_add(count);
+            self.latest.insert(node, (first, self.next));
+        }
+    }
 }
 
 /// A named Kafka listener's advertised address (`advertised.listeners`: `NAME://HOST:PORT`).
@@ -108,51 +129,38 @@ pub type Committed = (i64, MetaRecord);
 /// to. Blocking read.
 pub fn read_committed(part: &Partition, from: i64) -> Result<(Vec<Committed>, i64), raft::Error> {
     let mut out = Vec::new();
-    let mut offset = from.max(part.log_start_offset());
-    let hw = part.high_watermark();
-    while offset < hw {
-        let read = part.read(offset, 4 << 20)?;
-        if read.data.is_empty() {
-            break;
-        }
-        let mut data = read.data;
-        let mut next = offset;
-        while !data.is_empty() {
-            let set = match RecordBatchDecoder::decode(&mut data) {
-                Ok(s) => s,
-                Err(e) => {
-                    return Err(raft::Error::Failed(format!(
-                        "undecodable batch in {METADATA_TOPIC} at offset {next}: {e}"
-                    )))
-                }
-            };
-            for r in set.records {
-                next = next.max(r.offset + 1);
-                if r.control || r.offset < offset || r.offset >= hw {
-                    continue;
-                }
-                let Some(value) = r.value else { continue };
-                match serde_json::from_slice::<MetaRecord>(&value) {
-                    Ok(rec) => out.push((r.offset + 1, rec)),
-                    Err(e) => {
-                        return Err(raft::Error::Failed(format!(
-                            "undecodable record in {METADATA_TOPIC} at offset {}: {e}",
-                            r.offset
-                        )))
-                    }
-                }
-            }
-        }
-        if next <= offset {
-            break;
-        }
-        offset = next;
-    }
-    Ok((out, hw.max(from)))
+    let hw = crate::committed::for_each(part, from, |r| {
+        let Some(value) = r.value else { return Ok(()) };
+        let rec = serde_json::from_slice::<MetaRecord>(&value).map_err(|e| {
+            raft::Error::Failed(format!(
+                "undecodable record in {METADATA_TOPIC} at offset {}: {e}",
+                r.offset
+            ))
+        })?;
+        out.push((r.offset + 1, rec));
+        Ok(())
+    })
+    .map_err(|e| raft::Error::Failed(format!("{METADATA_TOPIC}: {e}")))?;
+    Ok((out, hw))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut b = super::ProducerIdBlocks::default();
+        b.apply(1, 0, 1000);
+        // Node 2 proposed the same block concurrently: committed second, it is skipped.
+        b.apply(2, 0, 1000);
+        assert_eq!(b.latest.get(&2), None);
+        b.apply(2, 1000, 1000);
+        // A floor past the cluster's next id (an old data directory) is honoured.
+        b.apply(1, 5000, 1000);
+        assert_eq!(b.latest[&1], (5000, 6000));
+        assert_eq!(b.latest[&2], (1000, 2000));
+        assert_eq!(b.next, 6000);
+    }
+
     use super::*;
 
     #[test]

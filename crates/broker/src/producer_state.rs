@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use parking_lot::Mutex;
 use raft::{Admit, BatchFilter};
 use storage::batch::BatchHeader;
 use storage::MetaStore;
 
+use crate::topics::{ApiError, TopicManager};
 use crate::Error;
 
 use protocol::codes::{INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID};
@@ -19,19 +19,24 @@ use protocol::codes::{INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER, UNKN
 /// Batches remembered per producer for duplicate detection (Kafka's in-flight limit is 5).
 const REMEMBERED_BATCHES: usize = 5;
 
-/// Producer ids are handed out from blocks reserved durably in the metadata store, so a
-/// restarted node never hands out an id twice.
+/// Producer ids are handed out from blocks reserved through the cluster metadata log
+/// (`TopicManager::allocate_producer_ids`), so no id is given twice in the cluster, across
+/// restarts included. A data directory from before cluster-wide blocks remembers the end of
+/// its last local block in the metadata store: new blocks start after it.
 pub struct ProducerIds {
-    meta: MetaStore,
-    state: Mutex<(i64, i64)>, // (next id, end of the reserved block)
+    /// Ids below this were handed out by the old local allocation.
+    floor: i64,
+    /// (next id, end of the current block).
+    state: tokio::sync::Mutex<(i64, i64)>,
 }
 
 const PID_KEY: &[u8] = b"producer_id_block_end";
-const PID_BLOCK: i64 = 1000;
+/// Ids per block.
+pub const PID_BLOCK: i64 = 1000;
 
 impl ProducerIds {
-    pub fn open(meta: MetaStore) -> Result<Self, Error> {
-        let end = match meta.get("default", PID_KEY)? {
+    pub fn open(meta: &MetaStore) -> Result<Self, Error> {
+        let floor = match meta.get("default", PID_KEY)? {
             Some(v) => {
                 let arr: [u8; 8] = v
                     .as_slice()
@@ -42,18 +47,16 @@ impl ProducerIds {
             None => 0,
         };
         Ok(ProducerIds {
-            meta,
-            state: Mutex::new((end, end)),
+            floor,
+            state: tokio::sync::Mutex::new((0, 0)),
         })
     }
 
-    /// A fresh producer id.
-    pub fn next(&self) -> Result<i64, Error> {
-        let mut st = self.state.lock();
+    /// A fresh producer id, reserving a new block from the cluster when this one is used up.
+    pub async fn next(&self, topics: &TopicManager) -> Result<i64, ApiError> {
+        let mut st = self.state.lock().await;
         if st.0 >= st.1 {
-            let end = st.1 + PID_BLOCK;
-            self.meta.put("default", PID_KEY, &end.to_be_bytes())?;
-            st.1 = end;
+            *st = topics.allocate_producer_ids(self.floor, PID_BLOCK).await?;
         }
         let id = st.0;
         st.0 += 1;

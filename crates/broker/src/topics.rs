@@ -176,6 +176,8 @@ pub struct TopicManager {
     applied: tokio::sync::Mutex<i64>,
     /// Topics found in the pre-metadata-log store, to be written into the log at start-up.
     legacy: parking_lot::Mutex<Vec<MetaRecord>>,
+    /// Producer id blocks of the cluster.
+    producer_ids: parking_lot::Mutex<metadata_log::ProducerIdBlocks>,
 }
 
 impl TopicManager {
@@ -219,9 +221,16 @@ impl TopicManager {
         let mut specs: BTreeMap<String, TopicSpec> = BTreeMap::new();
         let mut brokers = BTreeMap::new();
         let mut cluster_id = None;
+        let mut producer_ids = metadata_log::ProducerIdBlocks::default();
         for (_, rec) in &records {
-            if let MetaRecord::InitCluster { cluster_id: id } = rec {
-                cluster_id.get_or_insert_with(|| id.clone());
+            match rec {
+                MetaRecord::InitCluster { cluster_id: id } => {
+                    cluster_id.get_or_insert_with(|| id.clone());
+                }
+                MetaRecord::AllocateProducerIds { node, first, count } => {
+                    producer_ids.apply(*node, *first, *count);
+                }
+                _ => {}
             }
             fold(&mut specs, &mut brokers, rec);
         }
@@ -314,7 +323,32 @@ impl TopicManager {
             controller,
             applied: tokio::sync::Mutex::new(applied),
             legacy: parking_lot::Mutex::new(legacy),
+            producer_ids: parking_lot::Mutex::new(producer_ids),
         })
+    }
+
+    /// Reserves a block of `count` producer ids for this node through the metadata log,
+    /// starting at or after `floor` (ids a data directory handed out before blocks were
+    /// cluster-wide). Returns (first, end).
+    pub async fn allocate_producer_ids(
+        &self,
+        floor: i64,
+        count: i64,
+    ) -> Result<(i64, i64), ApiError> {
+        let node = self.broker.node_id;
+        for _ in 0..10 {
+            let first = self.producer_ids.lock().next.max(floor);
+            self.propose(MetaRecord::AllocateProducerIds { node, first, count })
+                .await?;
+            if self.producer_ids.lock().latest.get(&node) == Some(&(first, first + count)) {
+                return Ok((first, first + count));
+            }
+            // Another node's block was committed first: try again after it.
+        }
+        Err(ApiError::new(
+            codes::COORDINATOR_NOT_AVAILABLE,
+            "could not reserve producer ids (contended)",
+        ))
     }
 
     /// Writes topics of a pre-metadata-log data directory into the metadata log (once).
@@ -824,6 +858,9 @@ impl TopicManager {
             MetaRecord::InitCluster { cluster_id } => {
                 self.cluster_id.write().get_or_insert(cluster_id);
             }
+            MetaRecord::AllocateProducerIds { node, first, count } => {
+                self.producer_ids.lock().apply(node, first, count);
+            }
             MetaRecord::RegisterBroker {
                 node,
                 host,
@@ -1027,7 +1064,7 @@ fn fold(
     rec: &MetaRecord,
 ) {
     match rec {
-        MetaRecord::InitCluster { .. } => {}
+        MetaRecord::InitCluster { .. } | MetaRecord::AllocateProducerIds { .. } => {}
         MetaRecord::RegisterBroker {
             node,
             host,

@@ -215,6 +215,10 @@ pub fn leave_group(broker: &Broker, req: LeaveGroupRequest, version: i16) -> Lea
     } else {
         vec![(req.member_id.to_string(), None)]
     };
+    if let Some(code) = broker.groups().not_serving(&req.group_id) {
+        broker.count_error(ApiKey::LeaveGroup, code);
+        return LeaveGroupResponse::default().with_error_code(code);
+    }
     let results = broker.groups().leave(&req.group_id, &members);
     for c in &results {
         broker.count_error(ApiKey::LeaveGroup, *c);
@@ -324,6 +328,12 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
+                if let Some(code) = groups.not_serving(&g.group_id) {
+                    broker.count_error(ApiKey::OffsetFetch, code);
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(code);
+                }
                 let found = groups.fetch_offsets(&g.group_id, topics);
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
@@ -353,12 +363,28 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
             .collect();
         return OffsetFetchResponse::default().with_groups(out);
     }
-    let topics = req.topics.map(|ts| {
+    let topics: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let found = groups.fetch_offsets(&req.group_id, topics);
+    let refused = groups.not_serving(&req.group_id);
+    if let Some(code) = refused {
+        broker.count_error(ApiKey::OffsetFetch, code);
+        if version >= 2 {
+            return OffsetFetchResponse::default().with_error_code(code);
+        }
+    }
+    // v0-1 have no top-level error: each requested partition carries it.
+    let found = match refused {
+        Some(_) => topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, parts)| (t, parts.into_iter().map(|p| (p, None)).collect()))
+            .collect(),
+        None => groups.fetch_offsets(&req.group_id, topics),
+    };
+    let partition_code = refused.unwrap_or(codes::NONE);
     OffsetFetchResponse::default().with_topics(
         found
             .into_iter()
@@ -371,6 +397,7 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                             .map(|(p, v)| {
                                 let (o, e, m) = committed_fields(v);
                                 OffsetFetchResponsePartition::default()
+                                    .with_error_code(partition_code)
                                     .with_partition_index(p)
                                     .with_committed_offset(o)
                                     .with_committed_leader_epoch(e)
@@ -428,41 +455,54 @@ pub fn describe_groups(
     let groups = req
         .groups
         .into_iter()
-        .map(|id| match broker.groups().describe(&id) {
-            Some(g) => DescribedGroup::default()
-                .with_group_id(id)
-                .with_group_state(sb(g.state.name()))
-                .with_protocol_type(sb(&g.protocol_type))
-                .with_protocol_data(sb(&g.protocol))
-                .with_authorized_operations(ops)
-                .with_members(
-                    g.members
-                        .into_iter()
-                        .map(|m| {
-                            DescribedGroupMember::default()
-                                .with_member_id(sb(&m.member_id))
-                                .with_group_instance_id(m.instance_id.as_deref().map(sb))
-                                .with_client_id(sb(&m.client_id))
-                                .with_client_host(sb(&m.client_host))
-                                .with_member_metadata(m.metadata)
-                                .with_member_assignment(m.assignment)
-                        })
-                        .collect(),
-                ),
-            None if version >= 6 => {
-                broker.count_error(ApiKey::DescribeGroups, codes::GROUP_ID_NOT_FOUND);
-                DescribedGroup::default()
-                    .with_error_code(codes::GROUP_ID_NOT_FOUND)
-                    .with_error_message(Some(sb(&format!("group {} not found", &*id))))
+        .map(|id| {
+            match (
+                broker.groups().not_serving(&id),
+                broker.groups().describe(&id),
+            ) {
+                (Some(code), _) => {
+                    broker.count_error(ApiKey::DescribeGroups, code);
+                    DescribedGroup::default()
+                        .with_error_code(code)
+                        .with_group_id(id)
+                        .with_group_state(sb("Dead"))
+                        .with_authorized_operations(ops)
+                }
+                (None, Some(g)) => DescribedGroup::default()
+                    .with_group_id(id)
+                    .with_group_state(sb(g.state.name()))
+                    .with_protocol_type(sb(&g.protocol_type))
+                    .with_protocol_data(sb(&g.protocol))
+                    .with_authorized_operations(ops)
+                    .with_members(
+                        g.members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(sb(&m.member_id))
+                                    .with_group_instance_id(m.instance_id.as_deref().map(sb))
+                                    .with_client_id(sb(&m.client_id))
+                                    .with_client_host(sb(&m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    ),
+                (None, None) if version >= 6 => {
+                    broker.count_error(ApiKey::DescribeGroups, codes::GROUP_ID_NOT_FOUND);
+                    DescribedGroup::default()
+                        .with_error_code(codes::GROUP_ID_NOT_FOUND)
+                        .with_error_message(Some(sb(&format!("group {} not found", &*id))))
+                        .with_group_id(id)
+                        .with_group_state(sb("Dead"))
+                        .with_authorized_operations(ops)
+                }
+                // Before v6 an unknown group is described as Dead with no error.
+                (None, None) => DescribedGroup::default()
                     .with_group_id(id)
                     .with_group_state(sb("Dead"))
-                    .with_authorized_operations(ops)
+                    .with_authorized_operations(ops),
             }
-            // Before v6 an unknown group is described as Dead with no error.
-            None => DescribedGroup::default()
-                .with_group_id(id)
-                .with_group_state(sb("Dead"))
-                .with_authorized_operations(ops),
         })
         .collect();
     DescribeGroupsResponse::default().with_groups(groups)

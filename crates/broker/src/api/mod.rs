@@ -96,9 +96,7 @@ pub fn dispatch(
         RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(
             offsets::delete_records(broker, r),
         )),
-        RequestKind::InitProducerId(r) => ready(ResponseKind::InitProducerId(
-            producer_id::init_producer_id(broker, r),
-        )),
+        RequestKind::InitProducerId(r) => producer_id::init_producer_id(broker.clone(), r),
         RequestKind::CreateTopics(r) => topics::create_topics(broker.clone(), r, v),
         RequestKind::DeleteTopics(r) => topics::delete_topics(broker.clone(), r, v),
         RequestKind::CreatePartitions(r) => topics::create_partitions(broker.clone(), r),

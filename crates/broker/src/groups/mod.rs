@@ -5,8 +5,11 @@
 //! single node this node coordinates every group. State is in memory behind one mutex
 //! (operations are short and never wait on I/O under it); durable facts — committed offsets
 //! and each group's membership after a rebalance — are written as records to the group's
-//! offsets partition through `raft::Partition::propose`, and the whole state is rebuilt by
-//! replaying those partitions on start-up ([`Coordinator::load`]).
+//! offsets partition through `raft::Partition::propose`. The coordinator of a group is the
+//! leader of its offsets partition: when this node becomes leader of one (at start-up or on
+//! failover), it waits until its high watermark covers the log, replays the partition and
+//! only then serves that partition's groups (COORDINATOR_LOAD_IN_PROGRESS until then,
+//! NOT_COORDINATOR on other nodes); when it stops leading, it drops them.
 //!
 //! Rebalances follow Kafka's classic state machine: Empty → PreparingRebalance (waiting for
 //! every known member to rejoin, up to the rebalance timeout; a new group first waits
@@ -25,7 +28,6 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupResponse, SyncGroupResponse};
-use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -493,76 +495,234 @@ struct State {
     seq: u64,
 }
 
+/// Whether this node serves the groups of one offsets partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Load {
+    /// Not leading it: its groups are not in memory.
+    #[default]
+    No,
+    /// Leading it in this term; replaying the partition.
+    Running(u64),
+    /// Leading it in this term with its groups loaded: served.
+    Done(u64),
+}
+
 /// The group coordinator of this node.
 pub struct Coordinator {
     settings: GroupSettings,
-    partitions: Vec<raft::Partition>,
+    node_id: raft::NodeId,
+    /// The offsets partitions by index; `None` where this node holds no replica.
+    partitions: Vec<Option<raft::Partition>>,
     state: Mutex<State>,
+    /// Per offsets partition (locked before `state` when both are).
+    loads: Mutex<Vec<Load>>,
 }
 
 impl Coordinator {
-    /// Rebuilds every group from the offsets partitions and starts the expiry tick.
-    /// Blocking reads; needs a tokio runtime.
-    pub fn load(
+    /// Starts the coordinator of node `node_id` over the offsets partitions (by index;
+    /// `None` where this node holds no replica) and its tick, which loads the groups of
+    /// every partition this node leads. Needs a tokio runtime; [`Coordinator::settle`]
+    /// waits for the first loads.
+    pub fn start(
         settings: GroupSettings,
-        partitions: Vec<raft::Partition>,
-    ) -> Result<Arc<Coordinator>, raft::Error> {
-        let mut state = State::default();
+        node_id: raft::NodeId,
+        partitions: Vec<Option<raft::Partition>>,
+    ) -> Arc<Coordinator> {
         let n = partitions.len();
-        let mut records = 0usize;
-        for p in &partitions {
-            let mut offset = p.log_start_offset();
-            let hw = p.high_watermark();
-            while offset < hw {
-                let read = p.read(offset, 4 << 20)?;
-                if read.data.is_empty() {
-                    break;
+        let c = Arc::new(Coordinator {
+            settings,
+            node_id,
+            partitions,
+            state: Mutex::new(State::default()),
+            loads: Mutex::new(vec![Load::No; n]),
+        });
+        c.check_leadership();
+        tokio::spawn(tick_loop(Arc::downgrade(&c)));
+        c
+    }
+
+    /// Waits (at most `timeout`) until every offsets partition has a leader and those led
+    /// here are loaded.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending = {
+                let loads = self.loads.lock();
+                // Leaderless partitions count as pending: they may elect this node.
+                self.partitions.iter().enumerate().any(|(k, p)| {
+                    p.as_ref().is_some_and(|p| {
+                        let role = p.role();
+                        role.leader.is_none()
+                            || (role.leader == Some(self.node_id)
+                                && loads[k] != Load::Done(role.term))
+                    })
+                })
+            };
+            if !pending {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The error for a request about `group_id` if this node does not serve it now:
+    /// NOT_COORDINATOR when it does not lead the group's offsets partition,
+    /// COORDINATOR_LOAD_IN_PROGRESS while it is loading it.
+    pub fn not_serving(&self, group_id: &str) -> Option<i16> {
+        let k = partition_for(group_id, self.partitions.len());
+        let Some(p) = &self.partitions[k] else {
+            return Some(codes::NOT_COORDINATOR);
+        };
+        let role = p.role();
+        if role.leader != Some(self.node_id) {
+            return Some(codes::NOT_COORDINATOR);
+        }
+        match self.loads.lock()[k] {
+            Load::Done(t) if t == role.term => None,
+            _ => Some(codes::COORDINATOR_LOAD_IN_PROGRESS),
+        }
+    }
+
+    /// The offsets partitions served now (led in the term they were loaded in).
+    fn served(&self) -> Vec<bool> {
+        let loads = self.loads.lock();
+        self.partitions
+            .iter()
+            .zip(loads.iter())
+            .map(|(p, l)| {
+                p.as_ref().is_some_and(|p| {
+                    let role = p.role();
+                    role.leader == Some(self.node_id) && *l == Load::Done(role.term)
+                })
+            })
+            .collect()
+    }
+
+    /// Follows leadership of the offsets partitions: starts loading those this node now
+    /// leads (in a term it has not loaded), drops the groups of those it no longer leads.
+    fn check_leadership(self: &Arc<Self>) {
+        let mut loads = self.loads.lock();
+        for (k, p) in self.partitions.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let role = p.role();
+            let leads = role.leader == Some(self.node_id);
+            match (leads, loads[k]) {
+                (true, Load::Running(t) | Load::Done(t)) if t == role.term => {}
+                (true, _) => {
+                    self.drop_partition(k);
+                    loads[k] = Load::Running(role.term);
+                    let (c, p) = (self.clone(), p.clone());
+                    tokio::spawn(async move { c.load_partition(k, p, role.term).await });
                 }
-                let mut data = read.data;
-                let mut next = offset;
-                while !data.is_empty() {
-                    let set = match RecordBatchDecoder::decode(&mut data) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, offset = next, "undecodable batch in {OFFSETS_TOPIC}; skipping the rest of this read");
-                            data.clear();
-                            break;
-                        }
-                    };
-                    for r in set.records {
-                        next = next.max(r.offset + 1);
-                        if r.control || r.offset < offset {
-                            continue;
-                        }
-                        records += 1;
-                        apply_record(&mut state, n, r.key, r.value);
-                    }
+                (false, Load::No) => {}
+                (false, _) => {
+                    loads[k] = Load::No;
+                    let dropped = self.drop_partition(k);
+                    tracing::info!(
+                        partition = k,
+                        groups = dropped,
+                        "no longer leading the offsets partition: its groups moved"
+                    );
                 }
-                if next <= offset {
-                    break;
-                }
-                offset = next;
             }
         }
+    }
+
+    /// Removes the groups of offsets partition `k` from memory; members waiting for a
+    /// rebalance are told NOT_COORDINATOR (they find the new coordinator).
+    fn drop_partition(&self, k: usize) -> usize {
+        let mut st = self.state.lock();
+        let before = st.groups.len();
+        st.groups.retain(|_, g| {
+            if g.partition != k {
+                return true;
+            }
+            for m in g.members.values_mut() {
+                if let Some(w) = m.join_waiter.take() {
+                    let _ = w.send(join_error(codes::NOT_COORDINATOR, &m.id));
+                }
+                if let Some(w) = m.sync_waiter.take() {
+                    let _ = w.send(sync_error(codes::NOT_COORDINATOR));
+                }
+            }
+            false
+        });
+        before - st.groups.len()
+    }
+
+    /// Loads the groups of offsets partition `k`, led here in `term`: waits until the high
+    /// watermark covers the log (a new leader knows everything committed once it commits
+    /// in its own term), replays the partition, and serves its groups from then on.
+    async fn load_partition(self: Arc<Self>, k: usize, p: raft::Partition, term: u64) {
+        let me = Some(self.node_id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let give_up = |why: &str| {
+            let mut loads = self.loads.lock();
+            if loads[k] == Load::Running(term) {
+                loads[k] = Load::No;
+            }
+            tracing::debug!(partition = k, term, why, "offsets partition not loaded");
+        };
+        loop {
+            let role = p.role();
+            if role.leader != me || role.term != term {
+                return give_up("leadership moved");
+            }
+            if p.high_watermark() >= p.log_end_offset() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return give_up("the high watermark did not reach the log end");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = self.partitions.len();
+        let part = p.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut st = State::default();
+            let mut records = 0usize;
+            let r = crate::committed::for_each(&part, 0, |r| {
+                records += 1;
+                apply_record(&mut st, n, r.key, r.value);
+                Ok(())
+            });
+            if let Err(e) = r {
+                // Records after an undecodable batch cannot be read; keep what could.
+                tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: replay stopped early");
+            }
+            (st.groups, records)
+        })
+        .await;
+        let Ok((groups, records)) = read else {
+            return give_up("the replay task failed");
+        };
+        let mut loads = self.loads.lock();
+        let role = p.role();
+        if loads[k] != Load::Running(term) || role.leader != me || role.term != term {
+            return;
+        }
+        let count = groups.len();
+        let mut st = self.state.lock();
+        st.groups.retain(|_, g| g.partition != k);
         // Restored members get a full session to show up again.
         let now = Instant::now();
-        for g in state.groups.values_mut() {
+        for (id, mut g) in groups {
             for m in g.members.values_mut() {
                 m.deadline = now + m.session_timeout;
             }
+            st.groups.insert(id, g);
         }
+        loads[k] = Load::Done(term);
         tracing::info!(
-            groups = state.groups.len(),
+            partition = k,
+            term,
+            groups = count,
             records,
-            "loaded consumer groups from {OFFSETS_TOPIC}"
+            "loaded consumer groups of an offsets partition led here"
         );
-        let c = Arc::new(Coordinator {
-            settings,
-            partitions,
-            state: Mutex::new(state),
-        });
-        tokio::spawn(tick_loop(Arc::downgrade(&c)));
-        Ok(c)
     }
 
     fn initial_delay(&self) -> Duration {
@@ -576,7 +736,12 @@ impl Coordinator {
         }
         let batch = store::encode_batch(&g.writes, now_ms());
         g.writes.clear();
-        let fut = self.partitions[g.partition].propose(vec![batch]);
+        let fut = match &self.partitions[g.partition] {
+            Some(p) => futures_util::future::Either::Left(p.propose(vec![batch])),
+            None => futures_util::future::Either::Right(std::future::ready(Err(
+                raft::Error::NotLeader { leader: None },
+            ))),
+        };
         Some(async move {
             match fut.await?.first() {
                 Some(raft::ProposeOutcome::Rejected(code)) => {
@@ -602,8 +767,9 @@ impl Coordinator {
     /// Everything time-driven: session expiry, pending member expiry, rebalance deadlines.
     fn tick(&self, now: Instant) {
         let delay = self.initial_delay();
+        let served = self.served();
         let mut st = self.state.lock();
-        for g in st.groups.values_mut() {
+        for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             let before = g.pending.len();
             g.pending.retain(|_, t| *t > now);
             let expired: Vec<String> = g
@@ -637,6 +803,9 @@ impl Coordinator {
             || a.session_timeout_ms > self.settings.max_session_timeout_ms
         {
             return err(codes::INVALID_SESSION_TIMEOUT);
+        }
+        if let Some(code) = self.not_serving(&a.group_id) {
+            return err(code);
         }
         let mut st = self.state.lock();
         if !st.groups.contains_key(&a.group_id) {
@@ -835,6 +1004,9 @@ impl Coordinator {
     ) -> SyncOutcome {
         let now = Instant::now();
         let err = |c| SyncOutcome::Now(sync_error(c));
+        if let Some(code) = self.not_serving(group_id) {
+            return err(code);
+        }
         let mut st = self.state.lock();
         let Some(g) = st.groups.get_mut(group_id) else {
             return err(codes::UNKNOWN_MEMBER_ID);
@@ -897,6 +1069,9 @@ impl Coordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> i16 {
+        if let Some(code) = self.not_serving(group_id) {
+            return code;
+        }
         let now = Instant::now();
         let mut st = self.state.lock();
         let Some(g) = st.groups.get_mut(group_id) else {
@@ -973,6 +1148,9 @@ impl Coordinator {
     ) -> Result<impl Future<Output = Result<(), i16>> + Send + 'static, i16> {
         if group_id.is_empty() {
             return Err(codes::INVALID_GROUP_ID);
+        }
+        if let Some(code) = self.not_serving(group_id) {
+            return Err(code);
         }
         let now = Instant::now();
         let mut st = self.state.lock();
@@ -1119,9 +1297,11 @@ impl Coordinator {
 
     /// DeleteGroups for one group: its metadata and offsets are tombstoned.
     pub fn delete_group(&self, group_id: &str) -> impl Future<Output = i16> + Send + 'static {
+        let refused = self.not_serving(group_id);
         let code = {
             let mut st = self.state.lock();
             match st.groups.get(group_id) {
+                _ if refused.is_some() => Err(refused.unwrap_or(codes::NOT_COORDINATOR)),
                 None => Err(codes::GROUP_ID_NOT_FOUND),
                 Some(g) if g.state != GroupState::Empty || !g.members.is_empty() => {
                     Err(codes::NON_EMPTY_GROUP)
@@ -1167,6 +1347,9 @@ impl Coordinator {
         ),
         i16,
     > {
+        if let Some(code) = self.not_serving(group_id) {
+            return Err(code);
+        }
         let mut st = self.state.lock();
         let Some(g) = st.groups.get_mut(group_id) else {
             return Err(codes::GROUP_ID_NOT_FOUND);
@@ -1210,9 +1393,10 @@ impl Coordinator {
     pub fn expire_offsets(&self, now_ms: i64) -> usize {
         let retention = self.settings.offsets_retention_ms;
         let mut expired = 0;
+        let served = self.served();
         let mut st = self.state.lock();
         let mut gone = Vec::new();
-        for g in st.groups.values_mut() {
+        for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             if g.state != GroupState::Empty || !g.members.is_empty() || !g.pending.is_empty() {
                 continue;
             }
@@ -1261,8 +1445,9 @@ impl Coordinator {
 
     /// Removes (tombstones) every group's committed offsets of a deleted topic.
     pub fn forget_topic(&self, topic: &str) {
+        let served = self.served();
         let mut st = self.state.lock();
-        for g in st.groups.values_mut() {
+        for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             let gone: Vec<i32> = g
                 .offsets
                 .keys()
@@ -1422,6 +1607,7 @@ async fn tick_loop(c: Weak<Coordinator>) {
         tick.tick().await;
         let Some(c) = c.upgrade() else { return };
         let now = Instant::now();
+        c.check_leadership();
         c.tick(now);
         let every = Duration::from_millis(c.settings.offsets_retention_check_interval_ms);
         if now.duration_since(last_expiry) >= every {
@@ -1464,6 +1650,15 @@ mod tests {
                 .expect("open partition")
             })
             .collect()
+    }
+
+    async fn started(parts: Vec<raft::Partition>) -> Arc<Coordinator> {
+        let c = Coordinator::start(settings(), 1, parts.into_iter().map(Some).collect());
+        assert!(
+            c.settle(Duration::from_secs(10)).await,
+            "offsets partitions load"
+        );
+        c
     }
 
     fn args(group: &str, member: &str, v4: bool) -> JoinArgs {
@@ -1509,7 +1704,7 @@ mod tests {
     async fn state_and_offsets_are_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let parts = open_partitions(dir.path(), 3);
-        let c = Coordinator::load(settings(), parts.clone()).expect("load");
+        let c = started(parts.clone()).await;
         let r = joined(c.join(args("g", "", true))).await;
         assert_eq!(r.error_code, codes::MEMBER_ID_REQUIRED);
         let m = r.member_id.to_string();
@@ -1550,7 +1745,7 @@ mod tests {
         // Give the detached group-metadata write its group commit.
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        let again = Coordinator::load(settings(), parts.clone()).expect("reload");
+        let again = started(parts.clone()).await;
         let g = again.describe("g").expect("group restored");
         assert_eq!(g.state, GroupState::Stable);
         assert_eq!(g.members.len(), 1);
@@ -1590,14 +1785,14 @@ mod tests {
         assert_eq!(again.expire_offsets(now_ms() + 61_000), 3);
         assert!(again.describe("g").is_none() && again.describe("solo").is_none());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let third = Coordinator::load(settings(), parts).expect("reload");
+        let third = started(parts).await;
         assert!(third.list().is_empty(), "expired groups stay gone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_deadline() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = Coordinator::load(settings(), open_partitions(dir.path(), 1)).expect("load");
+        let c = started(open_partitions(dir.path(), 1)).await;
         let a = joined(c.join(args("g", "", false))).await;
         let a_id = a.member_id.to_string();
         assert_eq!(a.generation_id, 1);
@@ -1634,7 +1829,7 @@ mod tests {
     async fn offsets_of_a_deleted_topic_are_forgotten() {
         let dir = tempfile::tempdir().expect("tempdir");
         let parts = open_partitions(dir.path(), 2);
-        let c = Coordinator::load(settings(), parts.clone()).expect("load");
+        let c = started(parts.clone()).await;
         c.commit(
             "g",
             -1,
@@ -1651,7 +1846,7 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0, "kept");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let again = Coordinator::load(settings(), parts).expect("reload");
+        let again = started(parts).await;
         let all = again.fetch_offsets("g", None);
         assert_eq!(
             all.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
