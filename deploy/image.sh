@@ -95,11 +95,17 @@ build() {
   } >"$WORK/Dockerfile"
   mkdir -p "$WORK/ctx"
   mv "$WORK/rootfs.tar" "$WORK/Dockerfile" "$WORK/ctx/"
+  local old
+  old="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   # The legacy builder needs no buildx plugin and pulls nothing for FROM scratch.
-  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$WORK/ctx" >/dev/null 2>"$WORK/build.err" || {
+  DOCKER_BUILDKIT=0 docker build --force-rm -q -t "$tag" "$WORK/ctx" >/dev/null 2>"$WORK/build.err" || {
     cat "$WORK/build.err" >&2
     die "docker build of $tag failed"
   }
+  # The image this tag named before is left untagged: remove it unless a container uses it.
+  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
   echo "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MiB", $1/1048576}'))"
 }
 

@@ -6,6 +6,8 @@
 #
 # Environment:
 #   SLUICE_BIN          binary packaged into the test image (default: the debug build)
+#   SLUICE_TEST_IMAGE   test this image instead of packaging SLUICE_BIN (e.g. sluice:dockerfile,
+#                       built from deploy/Dockerfile by tests/compose/dockerfile-check.sh)
 #   SLUICE_VENV         Python venv with confluent-kafka (default <repo>/.venv; created if missing)
 #   KEEP_COMPOSE=1      leave the containers and volumes up at the end (the project name is printed)
 #   COMPOSE_TEST_ONLY   subset of phases for compose_test.py, e.g. "host network"
@@ -28,10 +30,10 @@ else
 fi
 
 export SLUICE_BIN="${SLUICE_BIN:-${CARGO_TARGET_DIR:-/var/cache/sluice/target}/debug/sluice}"
-[ -x "$SLUICE_BIN" ] || {
+if [ -z "${SLUICE_TEST_IMAGE:-}" ] && [ ! -x "$SLUICE_BIN" ]; then
   echo "compose tests: $SLUICE_BIN does not exist (cargo build -p sluice)" >&2
   exit 1
-}
+fi
 VENV="${SLUICE_VENV:-$ROOT/.venv}"
 if ! "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
   echo "==> creating the Python venv $VENV (tests/python/requirements.txt)"
@@ -42,12 +44,13 @@ fi
 # A project of its own, so the test never touches a cluster started with `make cluster-up`;
 # the image tag too (sluice:local stays the release image).
 export SLUICE_COMPOSE_PROJECT="sluice-test-$$"
-export SLUICE_IMAGE=sluice:test
+export SLUICE_IMAGE="${SLUICE_TEST_IMAGE:-sluice:test}"
 export SLUICE_COMPOSE_WAIT=120
 export SLUICE_PUBLISH_ADDR=127.0.0.1 SLUICE_EXTERNAL_HOST=127.0.0.1
 export COMPOSE_TEST_CMD="$COMPOSE_BIN --project-directory $ROOT -f $ROOT/docker-compose.yml -p $SLUICE_COMPOSE_PROJECT"
 unset COMPOSE_PROFILES
-echo "compose tests: $COMPOSE_BIN, project $SLUICE_COMPOSE_PROJECT, binary $SLUICE_BIN"
+echo "compose tests: $COMPOSE_BIN, project $SLUICE_COMPOSE_PROJECT, image $SLUICE_IMAGE" \
+  "$([ -n "${SLUICE_TEST_IMAGE:-}" ] || echo "from $SLUICE_BIN")"
 
 # The published ports are fixed: something else on them (make cluster-up, make local-cluster)
 # would make the test talk to the wrong cluster.
@@ -81,8 +84,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "images: $SLUICE_IMAGE from $SLUICE_BIN, sluice-kcat:local (in-network client)"
-"$ROOT/deploy/image.sh" sluice
+if [ -n "${SLUICE_TEST_IMAGE:-}" ]; then
+  step "images: $SLUICE_IMAGE as given, sluice-kcat:local (in-network client)"
+  docker image inspect "$SLUICE_IMAGE" >/dev/null 2>&1 || {
+    echo "compose tests: image $SLUICE_IMAGE does not exist" >&2
+    exit 1
+  }
+else
+  step "images: $SLUICE_IMAGE from $SLUICE_BIN, sluice-kcat:local (in-network client)"
+  "$ROOT/deploy/image.sh" sluice
+fi
 "$ROOT/deploy/image.sh" kcat
 
 step "compose up from a clean state"
