@@ -40,10 +40,13 @@ interop: test-deps
 fuzz-smoke: deps
 	tests/fuzz-smoke.sh
 
-## Three local processes: leader kills under an idempotent acks=all producer.
+## Three local processes: leader kills under an idempotent acks=all producer, a follower kill
+## (ISR, min.insync.replicas), coordinator failover, unique producer ids; then the interop
+## suite against the three nodes with replication factor 3.
 cluster: test-deps
 	cargo build -p sluice
 	SLUICE_BIN=$(BIN_DEBUG) tests/cluster/run.sh
+	SLUICE_BIN=$(BIN_DEBUG) SLUICE_INTEROP_CLUSTER=1 tests/interop/run.sh
 
 ## The compose cluster in containers (image from the debug build): clients on the host and in
 ## the compose network, Prometheus, kills, network cuts, a rolling restart. Skipped (and says

@@ -46,16 +46,21 @@ echo "kcat: broker $B, run $RUN_ID"
 
 # ---------------------------------------------------------------------- 1. metadata
 T1="kcat-keyed-$RUN_ID"
+NODES="${SLUICE_NODES:-1}"
+RF="${SLUICE_REPLICATION_FACTOR:-1}"
+# RF node ids separated by commas, as kcat prints replicas and ISRs.
+IDS="[0-9]+(,[0-9]+){$((RF - 1))}"
 if kc -L >"$TMP/L.out" 2>"$TMP/L.err"; then
-    if grep -Eq "^ *1 brokers:" "$TMP/L.out" && grep -Eq "^ *broker [0-9]+ at $B( |$)" "$TMP/L.out"; then
-        ok "kcat -L lists exactly one broker at $B"
+    if grep -Eq "^ *$NODES brokers:" "$TMP/L.out" && grep -Eq "^ *broker [0-9]+ at $B( |$)" "$TMP/L.out"; then
+        ok "kcat -L lists exactly $NODES broker(s), $B among them"
     else
-        fail "kcat -L lists exactly one broker at $B" "$(cat "$TMP/L.out")"
+        fail "kcat -L lists exactly $NODES broker(s), $B among them" "$(cat "$TMP/L.out")"
     fi
-    if grep -Eq "^ *broker [0-9]+ at $B \(controller\)" "$TMP/L.out"; then
-        ok "kcat -L marks the broker as controller"
+    if [ "$(grep -Ec "^ *broker [0-9]+ at .* \(controller\)" "$TMP/L.out")" = 1 ] &&
+        { [ "$NODES" != 1 ] || grep -Eq "^ *broker [0-9]+ at $B \(controller\)" "$TMP/L.out"; }; then
+        ok "kcat -L marks one broker as controller"
     else
-        fail "kcat -L marks the broker as controller" "$(cat "$TMP/L.out")"
+        fail "kcat -L marks one broker as controller" "$(cat "$TMP/L.out")"
     fi
 else
     fail "kcat -L succeeds" "$(cat "$TMP/L.out" "$TMP/L.err")"
@@ -99,7 +104,7 @@ else
 fi
 
 if kc -L -t "$T1" >"$TMP/L1.out" 2>&1 && grep -q "topic \"$T1\" with 1 partitions" "$TMP/L1.out" &&
-    grep -Eq "partition 0, leader [0-9]+, replicas: [0-9]+, isrs: [0-9]+" "$TMP/L1.out"; then
+    grep -Eq "partition 0, leader [0-9]+, replicas: $IDS, isrs: $IDS\$" "$TMP/L1.out"; then
     ok "kcat -L -t shows the auto-created topic with 1 partition and a leader"
 else
     fail "kcat -L -t shows the auto-created topic with 1 partition and a leader" "$(cat "$TMP/L1.out")"

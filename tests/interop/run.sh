@@ -14,6 +14,9 @@
 #   SLUICE_PYTEST_ARGS  extra pytest arguments (e.g. "-k confluent -x")
 #   SLUICE_INTEROP_ONLY space-separated subset of stages: "python kcat go" (default all)
 #   SLUICE_KEEP_LOGS=1  keep the broker's data dir and log even on success
+#   SLUICE_INTEROP_CLUSTER=1  run everything against a three-node local cluster
+#                       (deploy/local-cluster.sh, Kafka ports 19092/29092/39092) with
+#                       replication factor 3 instead of a single node
 #
 # Exit status: 0 when nothing failed (skipped stages are reported as SKIPPED), 1 otherwise.
 set -u -o pipefail
@@ -44,7 +47,9 @@ want_stage() { case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 broker_alive() { [ -n "$BROKER_PID" ] && kill -0 "$BROKER_PID" 2>/dev/null; }
 
 cleanup() {
-    if broker_alive; then
+    if [ "${SLUICE_INTEROP_CLUSTER:-0}" = 1 ] && [ -n "${SLUICE_LOCAL_DIR:-}" ]; then
+        "$REPO/deploy/local-cluster.sh" down >/dev/null 2>&1
+    elif broker_alive; then
         kill -KILL "$BROKER_PID" 2>/dev/null
         wait "$BROKER_PID" 2>/dev/null
     fi
@@ -107,7 +112,49 @@ EOF
     fi
 }
 
+# The three-node variant: node 1's process stands for "the broker" in the liveness checks;
+# every node must survive the suite and stop cleanly.
+start_cluster() {
+    log "starting a three-node cluster of $SLUICE_BIN (replication factor 3)"
+    export SLUICE_LOCAL_DIR="$WORK/cluster"
+    export SLUICE_LOCAL_ARGS="--default-replication-factor 3"
+    "$REPO/deploy/local-cluster.sh" up || return 1
+    BROKER_PID="$(cat "$SLUICE_LOCAL_DIR/node-1.pid")"
+    BROKER_LOG="$SLUICE_LOCAL_DIR/node-1.log"
+    export SLUICE_BOOTSTRAP="127.0.0.1:19092" SLUICE_ADMIN_ADDR="127.0.0.1:19644"
+    export SLUICE_NODES=3 SLUICE_REPLICATION_FACTOR=3
+}
+
+stop_cluster() {
+    log "stopping the cluster (SIGTERM to every node)"
+    local n pid ok=0
+    for n in 1 2 3; do
+        pid="$(cat "$SLUICE_LOCAL_DIR/node-$n.pid" 2>/dev/null)"
+        if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+            echo "node $n is not running any more"
+            ok=1
+            continue
+        fi
+        kill -TERM "$pid"
+        local deadline=$((SECONDS + 10))
+        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "node $n did not exit within 10 s of SIGTERM"
+            ok=1
+        else
+            echo "node $n exited"
+        fi
+    done
+    "$REPO/deploy/local-cluster.sh" down >/dev/null 2>&1
+    BROKER_PID=""
+    return $ok
+}
+
 start_broker() {
+    if [ "${SLUICE_INTEROP_CLUSTER:-0}" = 1 ]; then
+        start_cluster
+        return
+    fi
     log "starting broker $SLUICE_BIN"
     if [ ! -x "$SLUICE_BIN" ]; then
         echo "broker binary $SLUICE_BIN not found or not executable (cargo build -p sluice)"
@@ -145,6 +192,10 @@ start_broker() {
 }
 
 stop_broker() {
+    if [ "${SLUICE_INTEROP_CLUSTER:-0}" = 1 ]; then
+        stop_cluster
+        return
+    fi
     log "stopping broker (SIGTERM)"
     if ! broker_alive; then
         echo "broker is not running any more"

@@ -3,6 +3,8 @@
 The broker under test is given by the environment (tests/interop/run.sh sets it):
   SLUICE_BOOTSTRAP   host:port of the Kafka listener (required)
   SLUICE_ADMIN_ADDR  host:port of the admin HTTP listener (optional)
+  SLUICE_NODES       how many nodes the cluster has (default 1)
+  SLUICE_REPLICATION_FACTOR  replication factor for the topics the tests create (default 1)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import uuid
 
 BOOTSTRAP = os.environ.get("SLUICE_BOOTSTRAP", "")
 ADMIN_ADDR = os.environ.get("SLUICE_ADMIN_ADDR", "")
+NODES = int(os.environ.get("SLUICE_NODES", "1"))
+REPLICATION = int(os.environ.get("SLUICE_REPLICATION_FACTOR", "1"))
 
 # The broker's default message.max.bytes (Kafka's default).
 BROKER_MAX_MESSAGE_BYTES = 1048588
@@ -100,7 +104,7 @@ def create_topic(topic: str, partitions: int = 1, config: dict | None = None, ad
 
     admin = admin or confluent_admin()
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})],
+        [NewTopic(topic, num_partitions=partitions, replication_factor=REPLICATION, config=config or {})],
         operation_timeout=10, request_timeout=15)
     futures[topic].result(timeout=20)
     wait_topic_ready(admin, topic, partitions)

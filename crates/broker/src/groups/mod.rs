@@ -621,11 +621,13 @@ impl Coordinator {
                 (false, _) => {
                     loads[k] = Load::No;
                     let dropped = self.drop_partition(k);
-                    tracing::info!(
-                        partition = k,
-                        groups = dropped,
-                        "no longer leading the offsets partition: its groups moved"
-                    );
+                    if dropped > 0 {
+                        tracing::info!(
+                            partition = k,
+                            groups = dropped,
+                            "no longer leading the offsets partition: its groups moved"
+                        );
+                    }
                 }
             }
         }
@@ -716,13 +718,22 @@ impl Coordinator {
             st.groups.insert(id, g);
         }
         loads[k] = Load::Done(term);
-        tracing::info!(
-            partition = k,
-            term,
-            groups = count,
-            records,
-            "loaded consumer groups of an offsets partition led here"
-        );
+        if count > 0 {
+            tracing::info!(
+                partition = k,
+                term,
+                groups = count,
+                records,
+                "loaded consumer groups of an offsets partition led here"
+            );
+        } else {
+            tracing::debug!(
+                partition = k,
+                term,
+                records,
+                "offsets partition led here (no groups)"
+            );
+        }
     }
 
     fn initial_delay(&self) -> Duration {
