@@ -62,7 +62,8 @@ get_image() {
 }
 
 # Container id of service $1 (empty if it has none).
-container_of() { "${COMPOSE[@]}" ps -q "$1" 2>/dev/null | head -n 1; }
+# -a: stopped containers too (docker compose v2 lists running ones only without it).
+container_of() { "${COMPOSE[@]}" ps -a -q "$1" 2>/dev/null | head -n 1; }
 
 # "healthy", "unhealthy", "starting", "exited", ... of service $1's container.
 health_of() {

@@ -75,7 +75,8 @@ def compose(*args, capture=False):
 
 
 def container(n):
-    cid = compose("ps", "-q", "sluice-%d" % n, capture=True).strip()
+    # -a: a stopped container too (docker compose v2 lists running ones only without it).
+    cid = compose("ps", "-a", "-q", "sluice-%d" % n, capture=True).strip()
     check(cid, "service sluice-%d has no container" % n)
     return cid
 
@@ -89,10 +90,14 @@ def network():
 
 
 def health(n):
+    try:
+        cid = container(n)
+    except (Failed, subprocess.CalledProcessError):
+        return "missing"
     r = subprocess.run(
         ["docker", "inspect", "-f",
          "{{if .State.Running}}{{if .State.Health}}{{.State.Health.Status}}{{else}}running{{end}}"
-         "{{else}}{{.State.Status}}{{end}}", container(n)],
+         "{{else}}{{.State.Status}}{{end}}", cid],
         text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     return r.stdout.strip() or "missing"
 
