@@ -37,6 +37,11 @@ if ! "$PY" "$ROOT/tests/cluster/producer_ids.py"; then
     dump_logs
     exit 1
 fi
+echo "==> controller failover"
+if ! "$PY" "$ROOT/tests/cluster/controller.py"; then
+    dump_logs
+    exit 1
+fi
 echo "==> group coordinator failover"
 if ! "$PY" "$ROOT/tests/cluster/coordinator.py"; then
     dump_logs

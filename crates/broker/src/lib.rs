@@ -259,9 +259,14 @@ impl Broker {
         list
     }
 
-    /// The node leading the metadata log (this node when none is known).
+    /// The controller clients are told about (Metadata, DescribeCluster): this node, as a
+    /// KRaft broker answers a live broker rather than the quorum's controller. Any node takes
+    /// CreateTopics and the other controller requests and forwards them to the metadata
+    /// log's leader, so a client never waits on a dead controller (librdkafka does not
+    /// look for a new one while the old one's connection fails). `/v1/cluster` shows the
+    /// metadata log's actual leader.
     pub fn controller_id(&self) -> i32 {
-        self.topics.controller_id().unwrap_or(self.config.node_id)
+        self.config.node_id
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -363,10 +368,16 @@ async fn tail_metadata(broker: std::sync::Weak<Broker>) {
         Some(b) => b.topics.controller().subscribe(),
         None => return,
     };
-    while hw.changed().await.is_ok() {
+    // Apply first, then wait: a record committed between the start-up replay and the
+    // subscription above would otherwise wait for the next commit to be seen.
+    loop {
         let Some(b) = broker.upgrade() else { return };
         if let Err(e) = b.topics.apply_committed().await {
             tracing::error!(error = %e.message, "applying the metadata log");
+        }
+        drop(b);
+        if hw.changed().await.is_err() {
+            return;
         }
     }
 }
