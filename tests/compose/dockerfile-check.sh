@@ -77,7 +77,7 @@ mkdir -p "$src"
 touch "$DIR/renice.on"
 (
   while [ -e "$DIR/renice.on" ]; do
-    for pid in $(pgrep -f '/usr/local/rust/|rustc|cc1plus|build-script' || true); do
+    for pid in $(pgrep -f '/usr/local/rust/|cargo build|rustc|cc1plus|build-script' || true); do
       grep -q '/docker/' "/proc/$pid/cgroup" 2>/dev/null || continue
       renice -n 19 -p "$pid" >/dev/null 2>&1 || true
     done
