@@ -27,7 +27,9 @@ RATE = 2000  # records per second
 
 
 def leader_of(partition):
-    """The node leading TOPIC's partition by its own account (None if none does)."""
+    """The node leading TOPIC's partition by its own account, in the latest epoch any node
+    claims it (a deposed leader may still claim an older one); None if none does."""
+    claims = []
     for node in (1, 2, 3):
         try:
             with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
@@ -36,8 +38,8 @@ def leader_of(partition):
             continue
         for p in doc["partitions"]:
             if p["topic"] == TOPIC and p["partition"] == partition and p["leader"] == node:
-                return node
-    return None
+                claims.append((p.get("leader_epoch") or 0, node))
+    return max(claims)[1] if claims else None
 
 
 def main():
@@ -93,16 +95,21 @@ def main():
                 raise SystemExit("FAIL: partition 0 has no leader")
             killed_at = time.time()
             subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
-            # First ack on partition 0 after the kill.
-            first = None
+            # A new leader claiming partition 0, and the first ack on it after the kill.
+            first, elected = None, None
             deadline = killed_at + 30
             while first is None and time.time() < deadline:
+                if elected is None:
+                    new = leader_of(0)
+                    if new is not None and new != victim:
+                        elected = (new, time.time() - killed_at)
                 with lock:
                     first = next((x for x in ack_times.get(0, []) if x > killed_at + 0.05), None)
                 time.sleep(0.05)
             failovers.append(None if first is None else first - killed_at)
-            print("killed node %d; first ack on partition 0 after %s s" % (
-                victim, "never" if first is None else "%.2f" % (first - killed_at)), flush=True)
+            print("killed node %d; new leader %s; first ack on partition 0 after %s s" % (
+                victim, "node %d after %.2f s" % elected if elected else "not seen",
+                "never" if first is None else "%.2f" % (first - killed_at)), flush=True)
             time.sleep(1)
             subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
             time.sleep(2)

@@ -86,10 +86,12 @@ impl PartitionState {
         }
     }
 
-    /// The leader as this node knows it: its replica's view, else the preferred replica.
+    /// The leader as this node knows it: its replica's view (-1 while none, or while the
+    /// leader's node fails its liveness pings: clients then keep asking until the new
+    /// leader is elected instead of retrying a dead node), else the preferred replica.
     pub fn leader_id(&self) -> i32 {
         match &self.replica {
-            Some(r) => r.role().leader.map(|l| l as i32).unwrap_or(-1),
+            Some(r) => r.live_leader().map(|l| l as i32).unwrap_or(-1),
             None => self.replicas.first().copied().unwrap_or(-1),
         }
     }

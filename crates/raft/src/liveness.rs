@@ -111,11 +111,16 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 .router
                 .call(*p, Bytes::new(), PING, Bytes::new(), PING_EVERY * 3);
             let seen = seen.clone();
+            let registry = node.registry.clone();
             let p = *p;
             tokio::spawn(async move {
-                if call.await.is_ok() {
+                let ok = call.await.is_ok();
+                if ok {
                     seen.lock().insert(p, Instant::now());
                 }
+                // A failed ping (a killed process refuses the connection at once) makes the
+                // peer unreachable for what clients are told, long before it counts as down.
+                registry.set_unreachable(p, !ok);
             });
         }
         let now = Instant::now();

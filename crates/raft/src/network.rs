@@ -90,6 +90,8 @@ pub struct Registry {
     isr: Arc<RwLock<HashMap<Bytes, Vec<NodeId>>>>,
     /// Peers the liveness task has seen stop answering.
     down: Arc<RwLock<std::collections::HashSet<NodeId>>>,
+    /// Peers whose last ping failed.
+    unreachable: Arc<RwLock<std::collections::HashSet<NodeId>>>,
 }
 
 impl Registry {
@@ -133,6 +135,20 @@ impl Registry {
     /// Whether the liveness task has seen `node` stop answering (never true without one).
     pub fn is_down(&self, node: NodeId) -> bool {
         self.down.read().contains(&node)
+    }
+
+    /// Whether `node`'s last liveness ping failed or it counts as down: clients should not
+    /// be sent to it. Never true without a liveness task.
+    pub fn is_unreachable(&self, node: NodeId) -> bool {
+        self.unreachable.read().contains(&node) || self.is_down(node)
+    }
+
+    pub(crate) fn set_unreachable(&self, node: NodeId, unreachable: bool) {
+        if unreachable {
+            self.unreachable.write().insert(node);
+        } else {
+            self.unreachable.write().remove(&node);
+        }
     }
 
     pub(crate) fn set_down(&self, node: NodeId, down: bool) {

@@ -423,6 +423,15 @@ impl Partition {
         isr
     }
 
+    /// The leader as this replica sees it, unless that leader's node failed its last
+    /// liveness ping (it was killed or cut off and a new leader is about to be elected):
+    /// what clients should be told.
+    pub fn live_leader(&self) -> Option<NodeId> {
+        self.role()
+            .leader
+            .filter(|l| *l == self.inner.node_id || !self.inner.registry.is_unreachable(*l))
+    }
+
     /// On the leader: how many entries each follower is behind the leader's log (a batch is
     /// one entry). Empty elsewhere.
     pub fn follower_lag(&self) -> Vec<(NodeId, u64)> {
