@@ -460,16 +460,16 @@ impl TopicManager {
     }
 
     /// Replica lists for `count` partitions starting at index `first`: replication factor
-    /// `rf`, spread round-robin over the nodes (the first replica is the preferred leader).
+    /// `rf`, spread round-robin over the nodes (the first replica is the preferred leader),
+    /// rack-aware when nodes registered racks (`broker.rack`).
     fn assign(&self, first: i32, count: i32, rf: i16) -> Vec<Vec<i32>> {
-        let n = self.nodes.len();
-        (first..first + count)
-            .map(|p| {
-                (0..rf as usize)
-                    .map(|r| self.nodes[(p as usize + r) % n])
-                    .collect()
-            })
-            .collect()
+        let racks: BTreeMap<i32, Option<String>> = self
+            .brokers
+            .read()
+            .values()
+            .map(|b| (b.node, b.rack.clone()))
+            .collect();
+        assign_replicas(&self.nodes, &racks, first, count, rf)
     }
 
     /// Creates a topic (after [`check_create`](Self::check_create)'s checks): proposes it to
@@ -1059,6 +1059,76 @@ fn open_partition(
     }))
 }
 
+/// Replica lists for partitions `first..first + count`, `rf` replicas each, over `nodes`.
+/// Without racks: round-robin from the partition index (replica r of partition p is node
+/// `(p + r) % n`), so leaders and replicas spread evenly. With racks (any node has one; nodes
+/// without one share an unnamed rack): the nodes are ordered alternating between racks, the
+/// leader is taken round-robin from that order, and each further replica is the next node
+/// in the order whose rack holds no replica of the partition yet (any unused node once every
+/// rack has one), as Kafka's rack-aware assignment spreads them.
+fn assign_replicas(
+    nodes: &[i32],
+    racks: &BTreeMap<i32, Option<String>>,
+    first: i32,
+    count: i32,
+    rf: i16,
+) -> Vec<Vec<i32>> {
+    let n = nodes.len();
+    let rack_of = |node: i32| racks.get(&node).cloned().flatten().unwrap_or_default();
+    if nodes.iter().all(|node| rack_of(*node).is_empty()) {
+        return (first..first + count)
+            .map(|p| {
+                (0..rf as usize)
+                    .map(|r| nodes[(p as usize + r) % n])
+                    .collect()
+            })
+            .collect();
+    }
+    let mut by_rack: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for node in nodes {
+        by_rack.entry(rack_of(*node)).or_default().push(*node);
+    }
+    let mut order = Vec::with_capacity(n);
+    for round in 0..n {
+        for members in by_rack.values() {
+            if let Some(node) = members.get(round) {
+                order.push(*node);
+            }
+        }
+    }
+    let rack_count = by_rack.len();
+    (first..first + count)
+        .map(|p| {
+            let start = p as usize % n;
+            let mut replicas = vec![order[start]];
+            let mut used_racks = vec![rack_of(order[start])];
+            for step in 1..n {
+                if replicas.len() == rf as usize {
+                    break;
+                }
+                let node = order[(start + step) % n];
+                let rack = rack_of(node);
+                if used_racks.len() < rack_count && used_racks.contains(&rack) {
+                    continue;
+                }
+                used_racks.push(rack);
+                replicas.push(node);
+            }
+            // Every rack used and still short: fill with the nodes skipped above.
+            for step in 1..n {
+                if replicas.len() == rf as usize {
+                    break;
+                }
+                let node = order[(start + step) % n];
+                if !replicas.contains(&node) {
+                    replicas.push(node);
+                }
+            }
+            replicas
+        })
+        .collect()
+}
+
 /// Folds one metadata record into the topic specs and brokers (start-up replay).
 fn fold(
     specs: &mut BTreeMap<String, TopicSpec>,
@@ -1177,6 +1247,40 @@ fn remove_deleted_dirs(log_dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn replicas_spread_round_robin_and_across_racks() {
+        let nodes = [1, 2, 3];
+        let none = BTreeMap::new();
+        assert_eq!(
+            super::assign_replicas(&nodes, &none, 0, 3, 2),
+            vec![vec![1, 2], vec![2, 3], vec![3, 1]]
+        );
+        // Racks a, a, b: every partition with two replicas has one in each rack, and the
+        // leaders still rotate over all three nodes.
+        let racks: BTreeMap<i32, Option<String>> = [
+            (1, Some("a".to_string())),
+            (2, Some("a".to_string())),
+            (3, Some("b".to_string())),
+        ]
+        .into_iter()
+        .collect();
+        let got = super::assign_replicas(&nodes, &racks, 0, 6, 2);
+        for r in &got {
+            let mut rs: Vec<_> = r.iter().map(|n| racks[n].clone()).collect();
+            rs.sort();
+            assert_eq!(rs, [Some("a".into()), Some("b".into())], "{got:?}");
+        }
+        let mut leaders: Vec<_> = got.iter().map(|r| r[0]).collect();
+        leaders.sort();
+        assert_eq!(leaders, [1, 1, 2, 2, 3, 3]);
+        // Three replicas over two racks: all nodes, no repeats.
+        for r in super::assign_replicas(&nodes, &racks, 0, 3, 3) {
+            let mut r = r.clone();
+            r.sort();
+            assert_eq!(r, [1, 2, 3]);
+        }
+    }
+
     use super::*;
     use bytes::BytesMut;
 
