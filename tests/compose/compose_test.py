@@ -225,6 +225,8 @@ class LoadProducer:
             # A request to a node cut off from the network is given up (and retried, with the
             # same sequence numbers) after 5 s instead of the default 30 s.
             "request.timeout.ms": 5000,
+            # Disconnects are expected here (kills, restarts): log warnings and errors only.
+            "log_level": 4,
         }
         conf.update(extra or {})
         self.producer = Producer(conf)
