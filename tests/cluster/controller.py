@@ -5,43 +5,23 @@ reports it; Kafka clients are told the node they ask, as KRaft brokers do) is SI
 within seconds (a new controller is elected), the new topic must take writes, and the
 restarted node must learn the topic from the metadata log and catch up on its data.
 """
-import json
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
+from cluster_helpers import admin_get, bootstrap, local_cluster, partition_view
+
 TOPIC = "after-controller-kill-%d" % int(time.time())
-
-
-def bootstrap(nodes):
-    return ",".join("127.0.0.1:%d9092" % n for n in nodes)
-
-
-def view(node, topic):
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
-            doc = json.load(r)
-    except OSError:
-        return None
-    return next((p for p in doc["partitions"] if p["topic"] == topic and p["partition"] == 0), None)
 
 
 def metadata_leader(nodes):
     """The node that leads the metadata log by its own account."""
     for node in nodes:
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/cluster" % node, timeout=2) as r:
-                if json.load(r)["controller"] == node:
-                    return node
-        except OSError:
-            continue
+        doc = admin_get(node, "/v1/cluster")
+        if doc and doc["controller"] == node:
+            return node
     return None
 
 
@@ -51,7 +31,7 @@ def main():
         raise SystemExit("FAIL: no node leads the metadata log")
     others = [n for n in (1, 2, 3) if n != controller]
     killed = time.time()
-    subprocess.run([SCRIPT, "kill", str(controller)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("kill", controller)
     survivors = AdminClient({"bootstrap.servers": bootstrap(others)})
     created = None
     while created is None and time.time() < killed + 30:
@@ -74,12 +54,12 @@ def main():
     p.flush(60)
     print("produced to the new topic with node %d down: %d acknowledged" % (controller, len(acked)))
     ok = ok and len(acked) == 100
-    subprocess.run([SCRIPT, "start", str(controller)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("start", controller)
     deadline = time.time() + 30
     caught_up = False
     while time.time() < deadline and not caught_up:
-        mine = view(controller, TOPIC)
-        theirs = view(others[0], TOPIC)
+        mine = partition_view(controller, TOPIC)
+        theirs = partition_view(others[0], TOPIC)
         caught_up = bool(mine and theirs and mine["high_watermark"] == theirs["high_watermark"] == 100)
         time.sleep(0.2)
     print("restarted node %d knows the topic and caught up: %s" % (controller, caught_up))

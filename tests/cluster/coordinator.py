@@ -6,19 +6,13 @@ SIGKILLed. The offsets committed before the kill must be readable from the new c
 the consumer must carry on (re-finding its coordinator) and commit the rest, and a fresh
 consumer in the group must start exactly after everything committed. Then the node restarts.
 """
-import json
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
-BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
+from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster
 STAMP = int(time.time())
 TOPIC = "coord-%d" % STAMP
 GROUP = "coord-group-%d" % STAMP
@@ -38,16 +32,7 @@ def coordinator():
     """The node that leads the group's offsets partition by its own account."""
     h = java_hash(GROUP)
     index = (abs(h) if h != -(1 << 31) else 0) % OFFSETS_PARTITIONS  # Kafka's Utils.abs
-    for node in (1, 2, 3):
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
-                doc = json.load(r)
-        except OSError:
-            continue
-        for p in doc["partitions"]:
-            if p["topic"] == "__consumer_offsets" and p["partition"] == index and p["leader"] == node:
-                return node
-    return None
+    return claimed_leader("__consumer_offsets", index)
 
 
 def consumer():
@@ -91,7 +76,7 @@ def main():
     if victim is None:
         raise SystemExit("FAIL: no leader for the group's offsets partition")
     killed = time.time()
-    subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("kill", victim)
     # The commits made before the kill, read back through the new coordinator.
     after = None
     deadline = killed + 30
@@ -130,7 +115,7 @@ def main():
     if final != {part: PER_PARTITION for part in range(PARTITIONS)}:
         print("FAIL: final commits are %s" % final)
         ok = False
-    subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("start", victim)
     # A fresh member of the group starts after everything committed: nothing more to read.
     c2 = consumer()
     c2.subscribe([TOPIC])

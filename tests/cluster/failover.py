@@ -7,39 +7,22 @@ every acknowledged record must be read back exactly once, in production order wi
 partition. Prints the time from each kill to the first acknowledged write on partition 0
 after it.
 """
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
-BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
+from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster
 TOPIC = "failover-%d" % int(time.time())
 KILLS = int(os.environ.get("FAILOVER_KILLS", "3"))
 RATE = 2000  # records per second
 
 
 def leader_of(partition):
-    """The node leading TOPIC's partition by its own account, in the latest epoch any node
-    claims it (a deposed leader may still claim an older one); None if none does."""
-    claims = []
-    for node in (1, 2, 3):
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d9644/v1/partitions" % node, timeout=2) as r:
-                doc = json.load(r)
-        except OSError:
-            continue
-        for p in doc["partitions"]:
-            if p["topic"] == TOPIC and p["partition"] == partition and p["leader"] == node:
-                claims.append((p.get("leader_epoch") or 0, node))
-    return max(claims)[1] if claims else None
+    return claimed_leader(TOPIC, partition)
 
 
 def main():
@@ -94,7 +77,7 @@ def main():
             if victim is None:
                 raise SystemExit("FAIL: partition 0 has no leader")
             killed_at = time.time()
-            subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
+            local_cluster("kill", victim)
             # A new leader claiming partition 0, and the first ack on it after the kill.
             first, elected = None, None
             deadline = killed_at + 30
@@ -111,7 +94,7 @@ def main():
                 victim, "node %d after %.2f s" % elected if elected else "not seen",
                 "never" if first is None else "%.2f" % (first - killed_at)), flush=True)
             time.sleep(1)
-            subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
+            local_cluster("start", victim)
             time.sleep(2)
     finally:
         stop.set()

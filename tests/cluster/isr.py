@@ -8,9 +8,6 @@ with NOT_ENOUGH_REPLICAS, and keeps taking them on the min.insync=2 topic. After
 follower restarts it is back in the ISR, has caught up, and every acknowledged record
 reads back once.
 """
-import json
-import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -18,9 +15,7 @@ import urllib.request
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "deploy", "local-cluster.sh")
-BOOTSTRAP = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
+from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster, partition_view
 STAMP = int(time.time())
 STRICT = "isr-strict-%d" % STAMP  # min.insync.replicas=3
 LENIENT = "isr-lenient-%d" % STAMP  # min.insync.replicas=2
@@ -29,14 +24,6 @@ LENIENT = "isr-lenient-%d" % STAMP  # min.insync.replicas=2
 def get(node, path):
     with urllib.request.urlopen("http://127.0.0.1:%d9644%s" % (node, path), timeout=2) as r:
         return r.read().decode()
-
-
-def partition_view(node, topic):
-    try:
-        doc = json.loads(get(node, "/v1/partitions"))
-    except OSError:
-        return None
-    return next((p for p in doc["partitions"] if p["topic"] == topic and p["partition"] == 0), None)
 
 
 def wait_for(what, cond, timeout):
@@ -50,11 +37,7 @@ def wait_for(what, cond, timeout):
 
 
 def leader(topic):
-    for node in (1, 2, 3):
-        p = partition_view(node, topic)
-        if p and p["leader"]:
-            return p["leader"]
-    return None
+    return claimed_leader(topic)
 
 
 def metric(node, name):
@@ -112,7 +95,7 @@ def main():
     # Kill a follower of the strict topic (a replica of every RF=3 partition).
     victim = next(n for n in (1, 2, 3) if n != lead)
     killed = time.time()
-    subprocess.run([SCRIPT, "kill", str(victim)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("kill", victim)
 
     def shrunk():
         lead_now = leader(STRICT)
@@ -140,7 +123,7 @@ def main():
     if e or len(a) != 100:
         ok = False
     # Bring the follower back: it rejoins the ISR and catches up.
-    subprocess.run([SCRIPT, "start", str(victim)], check=True, stdout=subprocess.DEVNULL)
+    local_cluster("start", victim)
     restarted = time.time()
 
     def full():
