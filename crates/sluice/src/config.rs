@@ -372,18 +372,16 @@ impl Cli {
         let advertised_listeners = self
             .advertised_listeners
             .or(file.string("advertised.listeners")?);
+        // `listeners` is the general form: where both are set (an image's default kafka.addr
+        // under a deployment's listeners, say), it wins and kafka.addr is not used.
         let binds: Vec<(String, String)> = match (listeners, kafka) {
-            (Some(_), Some(_)) => bail!("give either --listeners or --kafka-addr, not both"),
-            (Some(list), None) => parse_listeners("--listeners", &list)?,
+            (Some(list), _) => parse_listeners("--listeners", &list)?,
             (None, kafka) => vec![(
                 "PLAINTEXT".into(),
                 kafka.unwrap_or_else(|| "127.0.0.1:9092".into()),
             )],
         };
         let mut advertised: BTreeMap<String, String> = match advertised_listeners {
-            Some(_) if advertised_kafka.is_some() => {
-                bail!("give either --advertised-listeners or --advertised-kafka-addr, not both")
-            }
             Some(list) => parse_listeners("--advertised-listeners", &list)?
                 .into_iter()
                 .collect(),
@@ -702,13 +700,15 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains(why), "{listeners}: {err}");
         }
-        let err = Cli {
+        // listeners is the general form and wins over the kafka.addr shorthand.
+        let cfg = Cli {
             listeners: Some("A://0.0.0.0:1".into()),
             kafka_addr: Some("0.0.0.0:2".into()),
             ..Cli::default()
         }
         .resolve()
-        .unwrap_err();
-        assert!(err.to_string().contains("not both"), "{err}");
+        .unwrap();
+        assert_eq!(cfg.kafka_addrs.len(), 1);
+        assert_eq!(cfg.kafka_addrs[0].port(), 1);
     }
 }
