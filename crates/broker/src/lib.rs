@@ -47,6 +47,12 @@ impl Broker {
     /// before serving); needs a multi-threaded tokio runtime.
     pub async fn open(config: BrokerConfig, metrics: Metrics) -> Result<Arc<Broker>, Error> {
         std::fs::create_dir_all(&config.data_dir)?;
+        // Rejoining with data from an earlier run (not a first start).
+        let restarted = config
+            .data_dir
+            .join("log")
+            .join(metadata_log::METADATA_GROUP)
+            .exists();
         let meta = storage::MetaStore::open(&config.data_dir.join("meta"))?;
         let cluster_id = match meta.get("default", b"cluster_id")? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
@@ -96,7 +102,7 @@ impl Broker {
                 .filter(|p| **p != config.node_id)
                 .map(|p| *p as u64)
                 .collect();
-            let liveness = raft::spawn_liveness(node.clone(), peers);
+            let liveness = raft::spawn_liveness(node.clone(), peers, restarted);
             (node, Some((transport, liveness)))
         };
         let topics = TopicManager::open(&config, meta, raft, &metrics)?;

@@ -48,6 +48,11 @@ const BALANCE_EVERY: Duration = Duration::from_secs(10);
 /// pings leaves at once.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
+/// For this long after it restarts, a node campaigns [`RECENT_START_DELAY`] later than
+/// others.
+const RECENT_START: Duration = Duration::from_secs(10);
+const RECENT_START_DELAY: Duration = Duration::from_millis(500);
+
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
 const JITTER_MS: u64 = 300;
 
@@ -62,11 +67,12 @@ pub fn cluster_config() -> openraft::Config {
     }
 }
 
-/// Starts the liveness task of `node` for these peers (this node excluded). It ends when the
-/// returned guard is dropped.
-pub fn spawn_liveness(node: RaftNode, peers: Vec<NodeId>) -> LivenessGuard {
+/// Starts the liveness task of `node` for these peers (this node excluded). `restarted`: the
+/// node rejoins with data from an earlier run (it then campaigns later than the others for
+/// a while after start, see [`RECENT_START`]). It ends when the returned guard is dropped.
+pub fn spawn_liveness(node: RaftNode, peers: Vec<NodeId>, restarted: bool) -> LivenessGuard {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(run(node, peers, rx));
+    tokio::spawn(run(node, peers, restarted, rx));
     LivenessGuard { _stop: tx }
 }
 
@@ -86,7 +92,12 @@ fn jitter() -> Duration {
     Duration::from_millis(h.finish() % JITTER_MS)
 }
 
-async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+async fn run(
+    node: RaftNode,
+    peers: Vec<NodeId>,
+    restarted: bool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let start = Instant::now();
     // Peers count as alive at start: groups learn their leaders first.
     let seen: Arc<Mutex<HashMap<NodeId, Instant>>> =
@@ -215,11 +226,18 @@ async fn run(node: RaftNode, peers: Vec<NodeId>, mut stop: tokio::sync::oneshot:
                 due.remove(&key);
                 continue;
             }
-            let wait = match leader {
+            let mut wait = match leader {
                 // The leader's node stopped answering: its death is already DEAD_AFTER old.
                 Some(_) => Duration::ZERO,
                 None => LEADERLESS_AFTER,
             };
+            // A node that restarted moments ago lets a longer-running replica campaign first:
+            // clients that saw it die are still backing off their reconnects to it
+            // (librdkafka grows that backoff towards 10 s), so a leader there would stall
+            // them. It still campaigns, a little later, if no other replica wins.
+            if restarted && now.saturating_duration_since(start) < RECENT_START {
+                wait += RECENT_START_DELAY;
+            }
             let at = *due
                 .entry(key.clone())
                 .or_insert_with(|| now + wait + jitter());

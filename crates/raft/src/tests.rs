@@ -373,7 +373,7 @@ async fn tcp_node(
     )
     .expect("node");
     let peers = addrs.keys().copied().filter(|p| *p != id).collect();
-    let liveness = crate::spawn_liveness(node.clone(), peers);
+    let liveness = crate::spawn_liveness(node.clone(), peers, false);
     let parts = groups
         .iter()
         .map(|g| {
