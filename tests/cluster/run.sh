@@ -37,6 +37,11 @@ if ! "$PY" "$ROOT/tests/cluster/producer_ids.py"; then
     dump_logs
     exit 1
 fi
+echo "==> a 249-character topic name replicated"
+if ! "$PY" "$ROOT/tests/cluster/long_names.py"; then
+    dump_logs
+    exit 1
+fi
 echo "==> controller failover"
 if ! "$PY" "$ROOT/tests/cluster/controller.py"; then
     dump_logs

@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! magic  b"SLCT"   4 bytes
-//! version u16      = 1
+//! version u16      = 2
 //! node_id u64      caller's node id (passed to the handler as `from`)
 //! ```
 //!
@@ -24,7 +24,7 @@
 //! kind   u8    1 = request, 2 = response ok, 3 = response err
 //! id     u64   request id, chosen by the caller, echoed in the response
 //! payload:
-//!   request:  group_len u8, group key (group_len bytes), method u8, body (rest)
+//!   request:  group_len u16, group key (group_len bytes), method u8, body (rest)
 //!   ok:       body (rest)
 //!   err:      UTF-8 error message (rest)
 //! ```
@@ -51,20 +51,22 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 pub type NodeId = u64;
-/// Identifies a Raft group on the wire: opaque bytes (e.g. b"ctl" or b"orders/3"), at most 255 bytes.
+/// Identifies a Raft group on the wire: opaque bytes (e.g. b"ctl" or b"orders/3"), at most
+/// [`MAX_GROUP_KEY`] bytes (a partition's key is its topic name, up to 249 bytes, a dash and
+/// its index).
 pub type GroupKey = Bytes;
 /// The future a [`Handler`] returns.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send + 'static>>;
 
 const MAGIC: &[u8; 4] = b"SLCT";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 const HANDSHAKE_LEN: usize = 4 + 2 + 8;
 const KIND_REQUEST: u8 = 1;
 const KIND_OK: u8 = 2;
 const KIND_ERR: u8 = 3;
 /// kind + request id: the smallest valid frame.
 const FRAME_MIN: usize = 1 + 8;
-pub const MAX_GROUP_KEY: usize = 255;
+pub const MAX_GROUP_KEY: usize = 1024;
 /// A connecting peer that sends nothing is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
@@ -82,7 +84,7 @@ pub enum TransportError {
     Remote(String),
     #[error("transport closed")]
     Closed,
-    #[error("group key is {0} bytes, at most 255 allowed")]
+    #[error("group key is {0} bytes, at most 1024 allowed")]
     GroupKeyTooLong(usize),
     #[error("frame of {0} bytes exceeds max_frame_bytes")]
     FrameTooLarge(usize),
@@ -272,7 +274,7 @@ impl Transport {
         }
         // Refuse locally what the peer would reject by closing the connection (and with it
         // every other call in flight). Assumes max_frame_bytes is uniform across the cluster.
-        let frame_len = FRAME_MIN + 1 + group.len() + 1 + body.len();
+        let frame_len = FRAME_MIN + 2 + group.len() + 1 + body.len();
         if frame_len > self.inner.config.max_frame_bytes {
             return Err(TransportError::FrameTooLarge(frame_len));
         }
@@ -463,12 +465,12 @@ async fn run_connection(
                 if !req.reply.is_closed() {
                     let id = next_id;
                     next_id += 1;
-                    let len = FRAME_MIN + 1 + req.group.len() + 1 + req.body.len();
+                    let len = FRAME_MIN + 2 + req.group.len() + 1 + req.body.len();
                     hdr.clear();
                     hdr.put_u32(len as u32); // bounded by the check in `call`
                     hdr.put_u8(KIND_REQUEST);
                     hdr.put_u64(id);
-                    hdr.put_u8(req.group.len() as u8);
+                    hdr.put_u16(req.group.len() as u16); // at most MAX_GROUP_KEY, checked in `call`
                     hdr.put_slice(&req.group);
                     hdr.put_u8(req.method);
                     pending.lock().insert(id, req.reply);
@@ -819,10 +821,10 @@ fn parse_frame(mut b: Bytes) -> Result<Frame, String> {
     let id = b.get_u64();
     match kind {
         KIND_REQUEST => {
-            if b.is_empty() {
+            if b.len() < 2 {
                 return Err("request without group key length".into());
             }
-            let group_len = b.get_u8() as usize;
+            let group_len = b.get_u16() as usize;
             if b.len() < group_len + 1 {
                 return Err("request truncated in group key / method".into());
             }
@@ -941,10 +943,19 @@ mod tests {
             echo(&a, 9, "x").await,
             Err(TransportError::UnknownPeer(9))
         ));
-        let long_key = Bytes::from(vec![b'k'; 256]);
+        // The longest partition key (a 249-byte topic name, a dash, a 10-digit index) works.
+        let name = format!("{}-2147483647", "t".repeat(249));
+        let topic_key = Bytes::from(name.clone());
+        assert_eq!(
+            a.call(2, topic_key, ECHO, Bytes::from_static(b"k"), LONG)
+                .await
+                .unwrap(),
+            Bytes::from(format!("1|{name}|{ECHO}|k"))
+        );
+        let long_key = Bytes::from(vec![b'k'; MAX_GROUP_KEY + 1]);
         assert!(matches!(
             a.call(2, long_key, ECHO, Bytes::new(), LONG).await,
-            Err(TransportError::GroupKeyTooLong(256))
+            Err(TransportError::GroupKeyTooLong(n)) if n == MAX_GROUP_KEY + 1
         ));
         let huge = Bytes::from(vec![0u8; 1 << 20]);
         assert!(matches!(
@@ -1178,13 +1189,13 @@ mod tests {
         let mut full = BytesMut::new();
         full.put_u8(KIND_REQUEST);
         full.put_u64(42);
-        full.put_u8(2);
+        full.put_u16(2);
         full.put_slice(b"g1");
         full.put_u8(7);
         full.put_slice(b"body");
         for cut in 0..full.len() {
             let r = parse_frame(full.clone().freeze().slice(..cut));
-            assert!(cut > FRAME_MIN + 1 + 2 || r.is_err(), "cut {cut}");
+            assert!(cut > FRAME_MIN + 2 + 2 || r.is_err(), "cut {cut}");
         }
         match parse_frame(full.freeze()).unwrap() {
             Frame::Request {
