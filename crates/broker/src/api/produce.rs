@@ -101,9 +101,11 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
             };
             // acks=all needs min.insync.replicas in sync before the write is taken (a Raft
             // commit needs a majority anyway; this is the stricter Kafka check).
-            if acks == -1 && replica.is_leader() {
+            // The leader is always in sync, so the default min.insync.replicas=1 needs no
+            // look at the ISR on this hot path.
+            let min = topic.config.min_insync_replicas;
+            if acks == -1 && min > 1 && replica.is_leader() {
                 let isr = replica.in_sync_replicas().len();
-                let min = topic.config.min_insync_replicas;
                 if (isr as i64) < i64::from(min) {
                     parts.push(answer(
                         codes::NOT_ENOUGH_REPLICAS,

@@ -586,18 +586,19 @@ impl Coordinator {
         }
     }
 
-    /// The offsets partitions served now (led in the term they were loaded in).
+    /// Whether offsets partition `p` is served now: led here in the term it was loaded in.
+    fn serves(&self, p: &raft::Partition, load: Load) -> bool {
+        let role = p.role();
+        role.leader == Some(self.node_id) && load == Load::Done(role.term)
+    }
+
+    /// The offsets partitions served now.
     fn served(&self) -> Vec<bool> {
         let loads = self.loads.lock();
         self.partitions
             .iter()
             .zip(loads.iter())
-            .map(|(p, l)| {
-                p.as_ref().is_some_and(|p| {
-                    let role = p.role();
-                    role.leader == Some(self.node_id) && *l == Load::Done(role.term)
-                })
-            })
+            .map(|(p, l)| p.as_ref().is_some_and(|p| self.serves(p, *l)))
             .collect()
     }
 
