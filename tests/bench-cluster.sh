@@ -34,6 +34,11 @@ echo "$peak_json" | sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 100 B",/'
 bench --mode produce --topic rf3-1k --partitions 6 --records "$((RECORDS / 4))" \
   --record-size 1024 --acks all --linger-ms 5 |
   sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 1 KiB",/'
+# 2b. Transactions of 100 records (100 B each): a transactional producer committing after
+# every 100 records, same topic settings as phase 1 (compare with its records/s).
+bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))" \
+  --record-size 100 --acks all --linger-ms 5 --txn-records 100 |
+  sed 's/^{/{"phase":"3 nodes RF=3 transactional, 100 records per transaction, 100 B",/'
 # 3. Latency at half the peak rate of phase 1.
 peak_rate="$(echo "$peak_json" | sed -n 's/.*"records_per_sec":\([0-9.]*\).*/\1/p')"
 half=$(awk -v r="$peak_rate" 'BEGIN { printf "%d", r / 2 }')

@@ -88,6 +88,10 @@ struct Args {
     /// compression.type: none, gzip, snappy, lz4, zstd.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
     compression: String,
+    /// Produce mode: send in transactions of this many records (a transactional producer,
+    /// commit after each); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    txn_records: u64,
     /// Rate limit in records/s; -1 for as fast as possible.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     throughput: i64,
@@ -273,6 +277,12 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
     for (k, v) in &args.producer_props {
         cfg.set(k, v);
     }
+    if args.txn_records > 0 {
+        cfg.set(
+            "transactional.id",
+            format!("sluice-bench-{}", std::process::id()),
+        );
+    }
     let ctx = BenchContext {
         start: Instant::now(),
         hist: Mutex::new(Histogram::new()),
@@ -283,6 +293,13 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
     let producer: BaseProducer<BenchContext> = cfg.create_with_context(ctx).context("producer")?;
     // Connect and learn leaders before the clock starts.
     partitions_of(producer.client(), &args.topic)?;
+    let txn_timeout = Duration::from_secs(60);
+    if args.txn_records > 0 {
+        producer
+            .init_transactions(txn_timeout)
+            .context("init_transactions")?;
+    }
+    let mut commits = 0u64;
 
     let mut rng = rand::thread_rng();
     let payload: Vec<u8> = (0..args.record_size)
@@ -306,6 +323,15 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
                 producer.poll(due - now);
             }
         }
+        if args.txn_records > 0 && i % args.txn_records == 0 {
+            if i > 0 {
+                producer
+                    .commit_transaction(txn_timeout)
+                    .context("commit_transaction")?;
+                commits += 1;
+            }
+            producer.begin_transaction().context("begin_transaction")?;
+        }
         let sent_ns = ctx.start.elapsed().as_nanos() as usize;
         let mut record = BaseRecord::<'_, [u8], [u8], usize>::with_opaque_to(&args.topic, sent_ns)
             .payload(&payload);
@@ -326,6 +352,12 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
             producer.poll(Duration::ZERO);
             progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
         }
+    }
+    if args.txn_records > 0 && args.records > 0 {
+        producer
+            .commit_transaction(txn_timeout)
+            .context("commit_transaction")?;
+        commits += 1;
     }
     while producer.in_flight_count() > 0 {
         if Instant::now() > deadline {
@@ -359,6 +391,8 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
         "acks": args.acks,
         "linger_ms": args.linger_ms,
         "compression": args.compression,
+        "txn_records": args.txn_records,
+        "transactions": commits,
         "target_records_per_sec": args.throughput,
         "topic": args.topic,
     });

@@ -13,6 +13,15 @@ pub fn for_each(
     from: i64,
     mut f: impl FnMut(Record) -> Result<(), raft::Error>,
 ) -> Result<i64, raft::Error> {
+    for_each_with_control(part, from, |r| if r.control { Ok(()) } else { f(r) })
+}
+
+/// Like [`for_each`], control records (transaction markers) included.
+pub fn for_each_with_control(
+    part: &Partition,
+    from: i64,
+    mut f: impl FnMut(Record) -> Result<(), raft::Error>,
+) -> Result<i64, raft::Error> {
     let mut offset = from.max(part.log_start_offset());
     let hw = part.high_watermark();
     while offset < hw {
@@ -28,7 +37,7 @@ pub fn for_each(
             })?;
             for r in set.records {
                 next = next.max(r.offset + 1);
-                if r.control || r.offset < offset || r.offset >= hw {
+                if r.offset < offset || r.offset >= hw {
                     continue;
                 }
                 f(r)?;

@@ -53,6 +53,9 @@ pub struct BrokerConfig {
     /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` (used when the
     /// topic is first created; an existing topic keeps its count).
     pub offsets_topic_num_partitions: i32,
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` (used
+    /// when the topic is first created).
+    pub transaction_state_log_num_partitions: i32,
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: i32,
     /// `group.min.session.timeout.ms`
@@ -114,6 +117,7 @@ impl Default for BrokerConfig {
             log_retention_check_interval: Duration::from_secs(300),
             fsync: FsyncPolicy::Always,
             offsets_topic_num_partitions: 50,
+            transaction_state_log_num_partitions: 50,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,

@@ -11,11 +11,13 @@ mod committed;
 pub mod config;
 mod conn;
 pub mod groups;
+mod led;
 pub mod metadata_log;
 pub mod metrics;
 mod producer_state;
 pub mod topic_config;
 pub mod topics;
+pub mod txn;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::groups::{Coordinator, GroupSettings, OFFSETS_TOPIC};
 use crate::metrics::Metrics;
 use crate::producer_state::ProducerIds;
 use crate::topics::TopicManager;
+use crate::txn::{TxnCoordinator, TXN_TOPIC};
 
 /// Shared state of one broker node.
 pub struct Broker {
@@ -35,6 +38,7 @@ pub struct Broker {
     pub metrics: Metrics,
     producer_ids: ProducerIds,
     groups: Arc<Coordinator>,
+    txn: Arc<TxnCoordinator>,
     cluster_id: String,
     ready: AtomicBool,
     /// The cluster transport and the liveness task (absent on a lone node).
@@ -120,7 +124,9 @@ impl Broker {
         .await?;
         retry_startup("registering this node", || topics.register_broker()).await?;
         let groups = open_groups(&config, &topics).await?;
-        let broker = Arc::new(Broker {
+        let txn_partitions = open_txn_topic(&config, &topics).await?;
+        let broker = Arc::new_cyclic(|me| Broker {
+            txn: TxnCoordinator::start(config.node_id as u64, txn_partitions, me.clone()),
             config,
             topics,
             metrics,
@@ -130,8 +136,43 @@ impl Broker {
             ready: AtomicBool::new(false),
             transport,
         });
+        broker.topics.raft().registry.set_forwarder(
+            txn::MARKERS_GROUP,
+            txn::markers_forwarder(Arc::downgrade(&broker)),
+        );
+        if !broker.txn.settle(std::time::Duration::from_secs(10)).await {
+            tracing::warn!("some {TXN_TOPIC} partitions led here are still loading");
+        }
         tokio::spawn(tail_metadata(Arc::downgrade(&broker)));
         Ok(broker)
+    }
+
+    /// The transaction coordinator.
+    pub fn txn(&self) -> &Arc<TxnCoordinator> {
+        &self.txn
+    }
+
+    /// Sends an application request to another node's handler for `group` (see
+    /// `raft::Registry::set_forwarder`) over the cluster transport.
+    pub(crate) async fn forward(
+        &self,
+        node: i32,
+        group: &'static str,
+        body: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<bytes::Bytes, String> {
+        self.topics
+            .raft()
+            .router
+            .call(
+                node as u64,
+                bytes::Bytes::from_static(group.as_bytes()),
+                raft::FORWARD,
+                body,
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The group coordinator.
@@ -344,6 +385,28 @@ async fn open_groups(
         tracing::warn!("some offsets partitions led here are still loading");
     }
     Ok(coordinator)
+}
+
+/// Creates `__transaction_state` on first start (no retention, like the offsets topic) and
+/// returns its replicas on this node by partition.
+async fn open_txn_topic(
+    config: &BrokerConfig,
+    topics: &TopicManager,
+) -> Result<Vec<Option<raft::Partition>>, Error> {
+    let configs: std::collections::BTreeMap<String, String> =
+        [("retention.ms", "-1"), ("retention.bytes", "-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    let topic = retry_startup("creating the transaction state topic", || {
+        topics.ensure_internal(
+            TXN_TOPIC,
+            config.transaction_state_log_num_partitions,
+            configs.clone(),
+        )
+    })
+    .await?;
+    Ok(topic.partitions.iter().map(|p| p.replica.clone()).collect())
 }
 
 /// Retries a start-up step that needs the metadata log (in a cluster, a quorum of nodes)

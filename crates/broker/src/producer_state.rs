@@ -154,6 +154,16 @@ impl BatchFilter for ProducerTable {
         let Ok(h) = BatchHeader::parse(batch) else {
             return;
         };
+        if h.is_control() && h.producer_id >= 0 {
+            // A transaction marker carries the producer's current epoch (bumped when the
+            // coordinator fenced it): later writes of older epochs are refused.
+            let entry = self.producers.entry(h.producer_id).or_default();
+            if h.producer_epoch > entry.epoch {
+                entry.epoch = h.producer_epoch;
+                entry.batches.clear();
+            }
+            return;
+        }
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }

@@ -375,6 +375,11 @@ impl TopicManager {
     }
 
     /// The metadata partition (the tailer waits on its high watermark).
+    /// The Raft side of this node (router, registry).
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
     pub fn controller(&self) -> &Partition {
         &self.controller
     }

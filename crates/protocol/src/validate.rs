@@ -20,8 +20,8 @@ pub struct Validated {
 pub type Refusal = (i16, String);
 
 /// Checks the record batches of one partition as Kafka does before appending: magic v2
-/// framing, CRC, size against `max_message_bytes`, record counts; no control or
-/// transactional batches from clients. With `log_append_time`, stamps it as Kafka does.
+/// framing, CRC, size against `max_message_bytes`, record counts; no control batches from
+/// clients, transactional ones only with a producer id. With `log_append_time`, stamps it as Kafka does.
 pub fn produce_batches(
     records: &Bytes,
     max_message_bytes: i32,
@@ -108,10 +108,10 @@ pub fn produce_batches(
                 "clients may not produce control batches".into(),
             ));
         }
-        if header.is_transactional() {
+        if header.is_transactional() && header.producer_id < 0 {
             return Err((
                 codes::INVALID_RECORD,
-                "transactional batches are not supported yet".into(),
+                "a transactional batch needs a producer id".into(),
             ));
         }
         let mut b = BytesMut::from(raw);

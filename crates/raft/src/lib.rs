@@ -17,6 +17,7 @@ mod network;
 mod partition;
 mod store;
 mod transport;
+mod txn;
 mod types;
 
 pub use error::{Error, Result};
@@ -29,6 +30,7 @@ pub use partition::{
 pub use storage::LogConfig;
 pub use store::forget as forget_group;
 pub use transport::{Handler, Transport, TransportConfig, TransportError};
+pub use txn::AbortedTxn;
 pub use types::NodeId;
 
 #[cfg(test)]

@@ -196,6 +196,10 @@ pub struct ReadResult {
     pub data: Bytes,
     /// The high watermark when the read was made.
     pub high_watermark: i64,
+    /// The last stable offset when the read was made (no open transaction below it).
+    pub last_stable_offset: i64,
+    /// `read_committed` reads only: the aborted transactions overlapping the data.
+    pub aborted: Option<Vec<crate::AbortedTxn>>,
     /// The log start offset when the read was made.
     pub log_start_offset: i64,
 }
@@ -214,6 +218,8 @@ enum Msg {
 
 struct Proposal {
     batches: Vec<BytesMut>,
+    /// Answer once the leader's own log has the batches (acks=1) instead of on commit.
+    local: bool,
     reply: oneshot::Sender<Result<Vec<ProposeOutcome>>>,
 }
 
@@ -315,12 +321,28 @@ impl Partition {
         &self,
         batches: Vec<BytesMut>,
     ) -> impl Future<Output = Result<Vec<ProposeOutcome>>> + Send + 'static {
+        self.propose_acks(batches, false)
+    }
+
+    /// Like [`Partition::propose`]; with `local` (Kafka's acks=1) the future resolves once the
+    /// leader's own log holds the batches as durably as its fsync policy makes them, without
+    /// waiting for followers. Such a write can be lost if this leader fails before a
+    /// majority has it (as in Kafka); consumers still only see it once committed.
+    pub fn propose_acks(
+        &self,
+        batches: Vec<BytesMut>,
+        local: bool,
+    ) -> impl Future<Output = Result<Vec<ProposeOutcome>>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = !self.inner.closed.load(Ordering::Acquire)
             && self
                 .inner
                 .tx
-                .send(Msg::Propose(Proposal { batches, reply }))
+                .send(Msg::Propose(Proposal {
+                    batches,
+                    local,
+                    reply,
+                }))
                 .is_ok();
         async move {
             if !sent {
@@ -333,8 +355,21 @@ impl Partition {
     /// Reads committed batches starting with the one containing `offset`, up to `max_bytes`
     /// (the first batch is returned whole even when larger).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let log = &self.inner.shared.log;
-        let hw = self.high_watermark();
+        self.read_isolated(offset, max_bytes, false)
+    }
+
+    /// Like [`Partition::read`]; with `committed` (Kafka's `read_committed`) only up to the
+    /// last stable offset, with the aborted transactions overlapping what was read.
+    pub fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<ReadResult> {
+        let shared = &self.inner.shared;
+        let log = &shared.log;
+        let lso = shared.last_stable_offset();
+        let hw = self.high_watermark().max(lso);
         let start = log.log_start_offset();
         // Past the high watermark nothing is visible: a follower's uncommitted tail does not
         // count as the end of the log.
@@ -342,21 +377,41 @@ impl Partition {
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
         }
-        let data = if offset >= hw {
-            Bytes::new()
+        let upper = if committed { lso } else { hw };
+        let (data, next) = if offset >= upper {
+            (Bytes::new(), offset)
         } else {
-            log.read(offset, max_bytes, hw)?.data
+            let r = log.read(offset, max_bytes, upper)?;
+            (r.data, r.next_offset)
         };
+        let aborted = committed.then(|| {
+            if next > offset {
+                shared.txn.lock().aborted(offset, next)
+            } else {
+                Vec::new()
+            }
+        });
         Ok(ReadResult {
             data,
             high_watermark: hw,
+            last_stable_offset: lso.max(start),
             log_start_offset: start,
+            aborted,
         })
     }
 
     /// The high watermark: the offset after the last committed record.
     pub fn high_watermark(&self) -> i64 {
         *self.inner.shared.hw.borrow()
+    }
+
+    /// The last stable offset: below it no transaction is open (`read_committed` reads up to
+    /// here). The high watermark when no transaction is open.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.inner
+            .shared
+            .last_stable_offset()
+            .max(self.log_start_offset())
     }
 
     /// A receiver that sees every change of the high watermark (long-poll fetch waits on it).
@@ -576,7 +631,13 @@ impl Partition {
         }
         // The driver may not have started the group: close the log here too (idempotent).
         let shared = self.inner.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.log.close()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = shared.save_txn_snapshot() {
+                tracing::warn!(error = %e, "saving the transaction index");
+            }
+            shared.log.close()
+        })
+        .await;
     }
 
     /// Forgets this replica's Raft state in the metadata store (after `close`, when the
@@ -825,6 +886,7 @@ async fn propose_one(
                         inner.refused.store(true, Ordering::Release);
                         waits.push(Wait::Failed(Error::Failed(e.to_string())));
                     }
+                    Ok(()) if p.local => waits.push(Wait::Local(base, last, rx, flight)),
                     Ok(()) => waits.push(Wait::Commit(rx, flight)),
                 }
             }
@@ -905,11 +967,13 @@ enum Wait {
     Dup(i64, BatchHeader),
     Failed(Error),
     Commit(CommitRx, InFlight),
+    /// acks=1: (base offset, last offset) of a batch handed to openraft.
+    Local(i64, i64, CommitRx, InFlight),
 }
 
 /// Waits for the outcome of every batch of a proposal (all of them, so none is still in flight
 /// when it answers); the first failure answers the whole proposal.
-async fn finish(inner: &Inner, waits: Vec<Wait>) -> Result<Vec<ProposeOutcome>> {
+async fn finish(inner: &Arc<Inner>, waits: Vec<Wait>) -> Result<Vec<ProposeOutcome>> {
     let mut out = Vec::with_capacity(waits.len());
     let mut failed = None;
     for w in waits {
@@ -919,29 +983,32 @@ async fn finish(inner: &Inner, waits: Vec<Wait>) -> Result<Vec<ProposeOutcome>> 
             Wait::Dup(base_offset, header) => confirm_duplicate(inner, base_offset, &header)
                 .await
                 .map(|()| ProposeOutcome::Duplicate { base_offset }),
-            Wait::Commit(rx, flight) => {
-                let res = match rx.await {
-                    Err(_) => {
-                        // Dropped without an answer: whether it reached the log is unknown.
-                        inner.refused.store(true, Ordering::Release);
-                        Err(Error::NotLeader { leader: None })
-                    }
-                    Ok(Err(e)) => {
-                        if matches!(
-                            e,
-                            ClientWriteError::ForwardToLeader(_)
-                                | ClientWriteError::PreconditionFailed(_)
-                        ) {
-                            // Refused before it reached the log.
-                            inner.refused.store(true, Ordering::Release);
-                        }
-                        Err(write_error(e, inner.node_id))
-                    }
-                    Ok(Ok(resp)) => match resp.data.offsets {
-                        Some((base_offset, _)) => Ok(ProposeOutcome::Appended { base_offset }),
-                        None => Err(Error::Failed("a batch applied without offsets".into())),
+            Wait::Local(base, last, rx, flight) => {
+                // The commit outcome is still tracked (in-flight count, refusals) in the
+                // background; the answer comes when this log has the batch durably, or
+                // earlier if the write failed.
+                let (tx, mut failed) = oneshot::channel();
+                let bg = inner.clone();
+                tokio::spawn(async move {
+                    let res = commit_outcome(&bg, rx).await;
+                    drop(flight);
+                    let _ = tx.send(res);
+                });
+                let mut durable = inner.shared.durable.subscribe();
+                tokio::select! {
+                    r = durable.wait_for(|d| *d > last) => match r {
+                        Ok(_) => Ok(ProposeOutcome::Appended { base_offset: base }),
+                        Err(_) => Err(Error::Closed),
                     },
-                };
+                    r = &mut failed => match r {
+                        Ok(Ok(o)) => Ok(o),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::Closed),
+                    },
+                }
+            }
+            Wait::Commit(rx, flight) => {
+                let res = commit_outcome(inner, rx).await;
                 drop(flight);
                 res
             }
@@ -956,6 +1023,32 @@ async fn finish(inner: &Inner, waits: Vec<Wait>) -> Result<Vec<ProposeOutcome>> 
     match failed {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// The outcome of a write handed to openraft, once known; a refusal before it reached the
+/// log marks the proposer's predictions stale.
+async fn commit_outcome(inner: &Inner, rx: CommitRx) -> Result<ProposeOutcome> {
+    match rx.await {
+        Err(_) => {
+            // Dropped without an answer: whether it reached the log is unknown.
+            inner.refused.store(true, Ordering::Release);
+            Err(Error::NotLeader { leader: None })
+        }
+        Ok(Err(e)) => {
+            if matches!(
+                e,
+                ClientWriteError::ForwardToLeader(_) | ClientWriteError::PreconditionFailed(_)
+            ) {
+                // Refused before it reached the log.
+                inner.refused.store(true, Ordering::Release);
+            }
+            Err(write_error(e, inner.node_id))
+        }
+        Ok(Ok(resp)) => match resp.data.offsets {
+            Some((base_offset, _)) => Ok(ProposeOutcome::Appended { base_offset }),
+            None => Err(Error::Failed("a batch applied without offsets".into())),
+        },
     }
 }
 

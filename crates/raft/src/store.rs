@@ -18,6 +18,7 @@
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -34,6 +35,7 @@ use storage::batch::{self, BatchHeader};
 use storage::{EntryKind, MetaStore, PartitionLog};
 use tokio::sync::{mpsc, watch};
 
+use crate::txn::{AbortedTxn, TxnIndex, TxnSnapshot, SNAPSHOT_EVERY};
 use crate::types::{
     from_stored, log_id, to_stored, Applied, LogId, RaftEntryOf, Snapshot, SnapshotMeta,
     StoredMembership, TypeConfig, Vote,
@@ -63,6 +65,14 @@ pub(crate) struct Shared {
     pub hw: watch::Sender<i64>,
     pub fsync_always: bool,
     syncer: mpsc::UnboundedSender<IOFlushed<TypeConfig>>,
+    /// Open and aborted transactions, in commit order (see `txn`).
+    pub txn: Mutex<TxnIndex>,
+    /// First offset of the oldest open transaction (`i64::MAX`: none), readable without the
+    /// lock on every fetch.
+    pub first_unstable: AtomicI64,
+    /// The offset below which this replica's own log is durable as its fsync policy makes
+    /// it (fsynced under `always`, written under `interval`): acks=1 answers from it.
+    pub durable: watch::Sender<i64>,
 }
 
 impl Shared {
@@ -74,6 +84,7 @@ impl Shared {
     ) -> io::Result<Arc<Shared>> {
         let (syncer, rx) = mpsc::unbounded_channel();
         let (hw, _) = watch::channel(log.log_start_offset());
+        let (durable, _) = watch::channel(log.next_offset());
         let shared = Arc::new(Shared {
             log,
             meta,
@@ -81,6 +92,9 @@ impl Shared {
             hw,
             fsync_always,
             syncer,
+            txn: Mutex::new(TxnIndex::default()),
+            first_unstable: AtomicI64::new(i64::MAX),
+            durable,
         });
         tokio::spawn(sync_loop(Arc::downgrade(&shared), rx));
         Ok(shared)
@@ -145,6 +159,100 @@ impl Shared {
         });
     }
 
+    fn aborted_key(&self, last_offset: i64) -> Vec<u8> {
+        format!("{}/aborted/{last_offset:020}", self.key).into_bytes()
+    }
+
+    /// The last stable offset: the high watermark, or the first offset of the oldest open
+    /// transaction when that is lower.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = *self.hw.borrow();
+        hw.min(self.first_unstable.load(Ordering::Acquire))
+    }
+
+    /// Rebuilds the transaction index at start-up: the last snapshot, the aborted
+    /// transactions, and a scan of the committed log from the snapshot up to `hw`.
+    fn recover_txns(&self, hw: i64) -> io::Result<()> {
+        let snapshot: TxnSnapshot = self.load("txn")?.unwrap_or_default();
+        let prefix = format!("{}/aborted/", self.key);
+        let mut aborted = Vec::new();
+        for (_, v) in self
+            .meta
+            .scan_prefix(CF, prefix.as_bytes())
+            .map_err(io::Error::other)?
+        {
+            let a: AbortedTxn = serde_json::from_slice(&v)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            aborted.push(a);
+        }
+        let mut index = TxnIndex::restore(&snapshot, aborted);
+        let mut offset = snapshot.next_offset.max(self.log.log_start_offset());
+        while offset < hw {
+            let read = self
+                .log
+                .read(offset, 4 << 20, hw)
+                .map_err(io::Error::other)?;
+            if read.data.is_empty() {
+                break;
+            }
+            for (from, to) in batch::split_batches(&read.data).flatten() {
+                let b = &read.data[from..to];
+                if let Ok(h) = BatchHeader::parse(b) {
+                    if let Some(a) = index.apply(b, &h) {
+                        self.save_aborted(&a)?;
+                    }
+                }
+            }
+            if read.next_offset <= offset {
+                break;
+            }
+            offset = read.next_offset;
+        }
+        self.first_unstable.store(
+            index.first_unstable().unwrap_or(i64::MAX),
+            Ordering::Release,
+        );
+        *self.txn.lock() = index;
+        Ok(())
+    }
+
+    fn save_aborted(&self, a: &AbortedTxn) -> io::Result<()> {
+        let v = serde_json::to_vec(a).map_err(io::Error::other)?;
+        self.meta
+            .put_relaxed(CF, &self.aborted_key(a.last_offset), &v)
+            .map_err(io::Error::other)
+    }
+
+    /// Feeds a committed transactional batch to the transaction index.
+    fn apply_txn(&self, data: &[u8], h: &BatchHeader) -> io::Result<()> {
+        let mut t = self.txn.lock();
+        let aborted = t.apply(data, h);
+        self.first_unstable
+            .store(t.first_unstable().unwrap_or(i64::MAX), Ordering::Release);
+        drop(t);
+        match aborted {
+            Some(a) => self.save_aborted(&a),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves the open transactions as of the high watermark, and forgets aborted
+    /// transactions retention has removed.
+    pub fn save_txn_snapshot(&self) -> io::Result<()> {
+        let hw = *self.hw.borrow();
+        let start = self.log.log_start_offset();
+        let (snapshot, trimmed) = {
+            let mut t = self.txn.lock();
+            (t.snapshot(hw), t.trim(start))
+        };
+        for a in trimmed {
+            self.meta
+                .delete(CF, &self.aborted_key(a.last_offset))
+                .map_err(io::Error::other)?;
+        }
+        self.save("txn", &snapshot, false)
+    }
+
     fn read_entries(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<RaftEntryOf>> {
         // The log may hold less than asked at either end (purged prefix, not yet appended
         // tail); both are tolerated by openraft.
@@ -173,9 +281,16 @@ impl Shared {
 /// Deletes the Raft state of group `key` from the metadata store (vote, purge point,
 /// membership, committed hint): a group created later under the same name starts afresh.
 pub fn forget(meta: &MetaStore, key: &str) -> io::Result<()> {
-    for what in ["vote", "purged", "membership", "committed"] {
+    for what in ["vote", "purged", "membership", "committed", "txn"] {
         meta.delete(CF, format!("{key}/{what}").as_bytes())
             .map_err(io::Error::other)?;
+    }
+    let prefix = format!("{key}/aborted/");
+    for (k, _) in meta
+        .scan_prefix(CF, prefix.as_bytes())
+        .map_err(io::Error::other)?
+    {
+        meta.delete(CF, &k).map_err(io::Error::other)?;
     }
     Ok(())
 }
@@ -193,10 +308,21 @@ async fn sync_loop(
             pending.push(cb);
         }
         let Some(s) = shared.upgrade() else { return };
-        let res = tokio::task::spawn_blocking(move || s.log.sync().map(|_| ()))
+        // Everything appended before this point is covered by the fsync below.
+        let upto = s.log.next_offset();
+        let s2 = s.clone();
+        let res = tokio::task::spawn_blocking(move || s2.log.sync().map(|_| ()))
             .await
             .unwrap_or_else(|e| Err(storage::Error::Io(io::Error::other(e.to_string()))));
         let msg = res.as_ref().err().map(|e| e.to_string());
+        if msg.is_none() {
+            s.durable.send_if_modified(|d| {
+                let changed = *d < upto;
+                *d = (*d).max(upto);
+                changed
+            });
+        }
+        drop(s);
         for cb in pending.drain(..) {
             match &msg {
                 None => cb.io_completed(Ok(())),
@@ -333,6 +459,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cb.io_completed(Err(io::Error::other("partition closed")));
             }
         } else {
+            self.shared.durable.send_replace(log.next_offset());
             callback.io_completed(Ok(()));
         }
         Ok(())
@@ -343,7 +470,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.shared
             .log
             .truncate_suffix(from)
-            .map_err(io::Error::other)
+            .map_err(io::Error::other)?;
+        let end = self.shared.log.next_offset();
+        self.shared.durable.send_if_modified(|d| {
+            let changed = *d > end;
+            *d = (*d).min(end);
+            changed
+        });
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -370,6 +504,8 @@ pub(crate) struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshot: Arc<Mutex<Option<(SnapshotMeta, SnapshotBody)>>>,
+    /// Batches applied since the transaction index was last saved.
+    txn_batches: u64,
 }
 
 impl StateMachine {
@@ -397,11 +533,13 @@ impl StateMachine {
             None => shared.log.log_start_offset(),
         };
         shared.set_hw(hw);
+        shared.recover_txns(hw)?;
         Ok(StateMachine {
             shared,
             applied,
             membership,
             snapshot: Arc::new(Mutex::new(None)),
+            txn_batches: 0,
         })
     }
 }
@@ -428,6 +566,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         io::Error::new(io::ErrorKind::InvalidData, err.to_string())
                     })?;
                     hw = Some(h.last_offset() + 1);
+                    if h.is_transactional() {
+                        self.shared.apply_txn(&b.0, &h)?;
+                    }
+                    self.txn_batches += 1;
                     Applied {
                         offsets: Some((h.base_offset, h.last_offset())),
                     }
@@ -441,11 +583,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             self.applied = Some(id);
             if let Some(r) = responder {
+                // The high watermark covers a write before its proposer hears of it.
+                if let Some(hw) = hw.take() {
+                    self.shared.set_hw(hw);
+                }
                 r.send(applied);
             }
         }
         if let Some(hw) = hw {
             self.shared.set_hw(hw);
+        }
+        if self.txn_batches >= SNAPSHOT_EVERY {
+            self.txn_batches = 0;
+            self.shared.save_txn_snapshot()?;
         }
         Ok(())
     }

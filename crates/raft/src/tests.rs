@@ -514,3 +514,136 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
         n.transport.shutdown().await;
     }
 }
+
+fn txn_batch(records: i32, pid: i64, seq: i32) -> BytesMut {
+    BytesMut::from(&storage::batch::testutil::build_txn_batch(0, records, pid, 0, seq)[..])
+}
+
+fn marker(pid: i64, commit: bool) -> BytesMut {
+    BytesMut::from(&storage::batch::testutil::build_control_batch(0, pid, 0, i16::from(commit))[..])
+}
+
+/// Open transactions hold the last stable offset at their first offset; aborted ones are
+/// listed for read_committed reads; both survive a restart and are the same on a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_stable_offset_and_aborted_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+    let open = || {
+        Partition::open(
+            &dir.path().join("log"),
+            PartitionOptions::single(
+                LogConfig::default(),
+                RaftNode::single(1, meta.clone()),
+                "t-0",
+            ),
+            Box::new(AdmitAll),
+        )
+        .expect("open")
+    };
+    let p = open();
+    // 0..2 plain, 2..5 producer 7 (open), 5 plain, 6..8 producer 8, 8 abort marker of 8.
+    let out = p
+        .propose(vec![
+            batch(2, 1),
+            txn_batch(3, 7, 0),
+            batch(1, 2),
+            txn_batch(2, 8, 0),
+            marker(8, false),
+        ])
+        .await
+        .expect("commit");
+    assert_eq!(offsets(&out), vec![0, 2, 5, 6, 8]);
+    assert_eq!(p.high_watermark(), 9);
+    assert_eq!(p.last_stable_offset(), 2);
+    let r = p.read_isolated(0, usize::MAX, true).expect("read");
+    assert_eq!(r.last_stable_offset, 2);
+    assert_eq!(
+        count(&r.data),
+        2,
+        "read_committed stops at the open transaction"
+    );
+    assert_eq!(r.aborted, Some(vec![]));
+    let r = p.read_isolated(0, usize::MAX, false).expect("read");
+    assert_eq!(count(&r.data), 9);
+    assert_eq!(r.aborted, None);
+
+    // Producer 7 commits: everything is stable; producer 8's transaction is listed aborted.
+    let out = p.propose(vec![marker(7, true)]).await.expect("commit");
+    assert_eq!(offsets(&out), vec![9]);
+    assert_eq!(p.last_stable_offset(), 10);
+    let r = p.read_isolated(0, usize::MAX, true).expect("read");
+    assert_eq!(count(&r.data), 10);
+    let aborted = vec![crate::AbortedTxn {
+        producer_id: 8,
+        first_offset: 6,
+        last_offset: 8,
+    }];
+    assert_eq!(r.aborted.as_ref(), Some(&aborted));
+    // A read past the aborted transaction does not list it.
+    let r = p.read_isolated(9, usize::MAX, true).expect("read");
+    assert_eq!(r.aborted, Some(vec![]));
+
+    // A new open transaction, then a restart: both the open one and the aborted one are
+    // still known.
+    p.propose(vec![txn_batch(1, 9, 0)]).await.expect("commit");
+    assert_eq!(p.last_stable_offset(), 10);
+    p.close().await;
+    let p = open();
+    p.ready(Duration::from_secs(10)).await.expect("ready");
+    assert_eq!(p.high_watermark(), 11);
+    assert_eq!(p.last_stable_offset(), 10);
+    let r = p.read_isolated(0, usize::MAX, true).expect("read");
+    assert_eq!(r.aborted.as_ref(), Some(&aborted));
+    p.close().await;
+}
+
+/// Records in concatenated batches.
+fn count(data: &[u8]) -> i64 {
+    split_batches(data)
+        .map(|b| {
+            let (s, e) = b.expect("batch");
+            i64::from(
+                BatchHeader::parse(&data[s..e])
+                    .expect("header")
+                    .records_count,
+            )
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_knows_the_open_and_aborted_transactions() {
+    let mut c = Cluster::new(3);
+    let first = c.leader(None).await;
+    c.part(first)
+        .propose(vec![
+            txn_batch(2, 5, 0),
+            txn_batch(1, 6, 0),
+            marker(6, false),
+        ])
+        .await
+        .expect("commit");
+    for id in 1..=3 {
+        wait_hw(c.part(id), 4).await;
+    }
+    c.stop(first).await;
+    let second = c.leader(Some(first)).await;
+    let p = c.part(second);
+    assert_eq!(
+        p.last_stable_offset(),
+        0,
+        "producer 5's transaction is open"
+    );
+    p.propose(vec![marker(5, true)]).await.expect("commit");
+    assert_eq!(p.last_stable_offset(), 5);
+    let r = p.read_isolated(0, usize::MAX, true).expect("read");
+    assert_eq!(
+        r.aborted,
+        Some(vec![crate::AbortedTxn {
+            producer_id: 6,
+            first_offset: 2,
+            last_offset: 3
+        }])
+    );
+}

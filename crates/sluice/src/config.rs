@@ -111,6 +111,14 @@ pub struct Cli {
     /// created [offsets.topic.num.partitions] (default 50).
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_NUM_PARTITIONS", value_name = "N")]
     pub offsets_topic_num_partitions: Option<i32>,
+    /// Partitions of the internal `__transaction_state` topic, used when it is first
+    /// created [transaction.state.log.num.partitions] (default 50).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_STATE_LOG_NUM_PARTITIONS",
+        value_name = "N"
+    )]
+    pub transaction_state_log_num_partitions: Option<i32>,
     /// How long a new consumer group waits for more members before its first rebalance
     /// [group.initial.rebalance.delay.ms] (default 3000).
     #[arg(
@@ -256,6 +264,7 @@ const KNOWN_KEYS: &[&str] = &[
     "cluster.addr",
     "cluster.peers",
     "offsets.topic.num.partitions",
+    "transaction.state.log.num.partitions",
     "group.initial.rebalance.delay.ms",
     "group.min.session.timeout.ms",
     "group.max.session.timeout.ms",
@@ -534,6 +543,11 @@ impl Cli {
                 "offsets.topic.num.partitions",
                 d.offsets_topic_num_partitions
             ),
+            transaction_state_log_num_partitions: pick!(
+                self.transaction_state_log_num_partitions,
+                "transaction.state.log.num.partitions",
+                d.transaction_state_log_num_partitions
+            ),
             group_initial_rebalance_delay_ms: pick!(
                 self.group_initial_rebalance_delay_ms,
                 "group.initial.rebalance.delay.ms",
@@ -576,6 +590,9 @@ impl Cli {
         }
         if !(1..=1000).contains(&broker.offsets_topic_num_partitions) {
             bail!("offsets.topic.num.partitions must be between 1 and 1000");
+        }
+        if !(1..=1000).contains(&broker.transaction_state_log_num_partitions) {
+            bail!("transaction.state.log.num.partitions must be between 1 and 1000");
         }
         if broker.group_initial_rebalance_delay_ms < 0 {
             bail!("group.initial.rebalance.delay.ms must not be negative");

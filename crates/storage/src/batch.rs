@@ -203,6 +203,51 @@ impl BatchHeader {
     }
 }
 
+/// Control record types (the `type` field of a control record's key).
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+/// The type of the control record in a control batch (`CONTROL_ABORT`, `CONTROL_COMMIT`, or
+/// another Kafka control type), read from the first record's key (version i16, type i16).
+/// None when `buf` is not a control batch or its first record is malformed. Control batches
+/// are never compressed.
+pub fn control_type(buf: &[u8]) -> Option<i16> {
+    let h = BatchHeader::parse_prefix(buf).ok()?;
+    if !h.is_control() || h.records_count < 1 {
+        return None;
+    }
+    let mut at = HEADER_SIZE;
+    let end = h.total_size();
+    let _len = read_varlong(buf, &mut at, end)?;
+    at += 1; // record attributes
+    let _ts_delta = read_varlong(buf, &mut at, end)?;
+    let _offset_delta = read_varlong(buf, &mut at, end)?;
+    let key_len = read_varlong(buf, &mut at, end)?;
+    if key_len < 4 || at + 4 > end {
+        return None;
+    }
+    Some(be_i16(buf, at + 2))
+}
+
+/// Reads a zig-zag varint at `*at` (before `end`), advancing `*at`.
+fn read_varlong(buf: &[u8], at: &mut usize, end: usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    let mut shift = 0;
+    loop {
+        if *at >= end || shift > 63 {
+            return None;
+        }
+        let b = buf[*at];
+        *at += 1;
+        z |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    Some((z >> 1) as i64 ^ -((z & 1) as i64))
+}
+
 /// CRC-32C of a batch as Kafka computes it (over bytes 21..end). `buf` must be one whole batch
 /// of at least [`CRC_START`] bytes.
 pub fn compute_crc(buf: &[u8]) -> u32 {
@@ -279,21 +324,79 @@ pub mod testutil {
         value_len: usize,
         seed: u64,
     ) -> Vec<u8> {
-        assert!(records >= 1);
+        let recs = (0..records)
+            .map(|i| {
+                let value = (0..value_len)
+                    .map(|j| {
+                        let x = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add((i as u64) << 20 | j as u64);
+                        (x >> 33) as u8
+                    })
+                    .collect();
+                (None, value)
+            })
+            .collect();
+        assemble(base_offset, ts, 0, (-1, -1, -1), recs)
+    }
+
+    /// A transactional batch of `records` small records of producer (`pid`, `epoch`),
+    /// sequences from `seq`.
+    pub fn build_txn_batch(
+        base_offset: i64,
+        records: i32,
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+    ) -> Vec<u8> {
+        let recs = (0..records)
+            .map(|i| (None, format!("txn-{i}").into_bytes()))
+            .collect();
+        assemble(base_offset, 0, 0x10, (pid, epoch, seq), recs)
+    }
+
+    /// A transaction marker (control batch) of producer (`pid`, `epoch`): `kind` 0 abort,
+    /// 1 commit.
+    pub fn build_control_batch(base_offset: i64, pid: i64, epoch: i16, kind: i16) -> Vec<u8> {
+        let mut key = 0i16.to_be_bytes().to_vec();
+        key.extend_from_slice(&kind.to_be_bytes());
+        let mut value = 0i16.to_be_bytes().to_vec();
+        value.extend_from_slice(&0i32.to_be_bytes());
+        assemble(
+            base_offset,
+            0,
+            0x30,
+            (pid, epoch, -1),
+            vec![(Some(key), value)],
+        )
+    }
+
+    /// A v2 batch of (key, value) records with the given attributes and producer fields
+    /// (id, epoch, base sequence). Timestamps: base `ts`, record i has delta i.
+    fn assemble(
+        base_offset: i64,
+        ts: i64,
+        attributes: i16,
+        (pid, epoch, seq): (i64, i16, i32),
+        records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Vec<u8> {
+        let n = records.len() as i32;
+        assert!(n >= 1);
         let mut recs = Vec::new();
-        for i in 0..records {
+        for (i, (key, value)) in records.into_iter().enumerate() {
             let mut body = Vec::new();
             body.push(0u8); // record attributes
             put_varlong(&mut body, i as i64); // timestamp delta
             put_varlong(&mut body, i as i64); // offset delta
-            put_varlong(&mut body, -1); // key: null
-            put_varlong(&mut body, value_len as i64);
-            for j in 0..value_len {
-                let x = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add((i as u64) << 20 | j as u64);
-                body.push((x >> 33) as u8);
+            match key {
+                None => put_varlong(&mut body, -1),
+                Some(k) => {
+                    put_varlong(&mut body, k.len() as i64);
+                    body.extend_from_slice(&k);
+                }
             }
+            put_varlong(&mut body, value.len() as i64);
+            body.extend_from_slice(&value);
             put_varlong(&mut body, 0); // headers
             put_varlong(&mut recs, body.len() as i64);
             recs.extend_from_slice(&body);
@@ -305,14 +408,14 @@ pub mod testutil {
         b.extend_from_slice(&0i32.to_be_bytes()); // leader epoch
         b.push(2); // magic
         b.extend_from_slice(&[0; 4]); // crc placeholder
-        b.extend_from_slice(&0i16.to_be_bytes()); // attributes
-        b.extend_from_slice(&(records - 1).to_be_bytes());
+        b.extend_from_slice(&attributes.to_be_bytes());
+        b.extend_from_slice(&(n - 1).to_be_bytes());
         b.extend_from_slice(&ts.to_be_bytes());
-        b.extend_from_slice(&(ts + records as i64 - 1).to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-        b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
-        b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
-        b.extend_from_slice(&records.to_be_bytes());
+        b.extend_from_slice(&(ts + n as i64 - 1).to_be_bytes());
+        b.extend_from_slice(&pid.to_be_bytes());
+        b.extend_from_slice(&epoch.to_be_bytes());
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&n.to_be_bytes());
         b.extend_from_slice(&recs);
         let crc = super::compute_crc(&b);
         b[17..21].copy_from_slice(&crc.to_be_bytes());

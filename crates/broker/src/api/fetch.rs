@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, ResponseKind,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -40,6 +44,9 @@ enum Target {
 async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
+    // isolation_level 1 (read_committed): only up to the last stable offset, with the
+    // aborted transactions the client has to drop.
+    let committed = version >= 4 && req.isolation_level == 1;
     let min_bytes = i64::from(req.min_bytes.max(0));
     let max_bytes = if req.max_bytes <= 0 {
         i64::from(i32::MAX)
@@ -98,13 +105,13 @@ async fn fetch_inner(broker: &Broker, req: FetchRequest, version: i16) -> FetchR
                 }
             }
         }
-        let (response, bytes, errors) = read_all(broker, &targets, max_bytes);
+        let (response, bytes, errors) = read_all(broker, &targets, max_bytes, committed);
         if bytes >= min_bytes || errors || watchers.is_empty() || Instant::now() >= deadline {
             return response;
         }
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return read_all(broker, &targets, max_bytes).0;
+            return read_all(broker, &targets, max_bytes, committed).0;
         }
     }
 }
@@ -113,6 +120,7 @@ fn read_all(
     broker: &Broker,
     targets: &[(FetchableTopicResponse, Vec<(i32, Target)>)],
     max_bytes: i64,
+    committed: bool,
 ) -> (FetchResponse, i64, bool) {
     let mut total: i64 = 0;
     let mut errors = false;
@@ -156,31 +164,32 @@ fn read_all(
                     }
                     let remaining = max_bytes - total;
                     let limit = i64::from(*pmax).min(remaining);
-                    if limit <= 0 {
-                        let hw = replica.high_watermark();
-                        ok_partition(*index, hw, replica.log_start_offset(), Bytes::new())
-                    } else {
-                        match replica.read(*offset, limit as usize) {
-                            Ok(r) => {
-                                total += r.data.len() as i64;
-                                topic.metrics.bytes_out.inc_by(r.data.len() as u64);
-                                topic.metrics.records_out.inc_by(record_count(&r.data));
-                                ok_partition(*index, r.high_watermark, r.log_start_offset, r.data)
+                    // Nothing more fits: an empty read (positions and aborted list still right).
+                    let limit = limit.max(0) as usize;
+                    match replica.read_isolated(*offset, limit, committed) {
+                        Ok(mut r) => {
+                            if limit == 0 {
+                                r.data = Bytes::new();
+                                r.aborted = r.aborted.map(|_| Vec::new());
                             }
-                            Err(raft::Error::OffsetOutOfRange { .. }) => {
-                                errors = true;
-                                broker.count_error(ApiKey::Fetch, codes::OFFSET_OUT_OF_RANGE);
-                                error_partition(*index, codes::OFFSET_OUT_OF_RANGE)
-                                    .with_high_watermark(replica.high_watermark())
-                                    .with_last_stable_offset(replica.high_watermark())
-                                    .with_log_start_offset(replica.log_start_offset())
-                            }
-                            Err(e) => {
-                                errors = true;
-                                tracing::warn!(topic = %topic.name, partition = index, error = %e, "fetch read failed");
-                                broker.count_error(ApiKey::Fetch, codes::KAFKA_STORAGE_ERROR);
-                                error_partition(*index, codes::KAFKA_STORAGE_ERROR)
-                            }
+                            total += r.data.len() as i64;
+                            topic.metrics.bytes_out.inc_by(r.data.len() as u64);
+                            topic.metrics.records_out.inc_by(record_count(&r.data));
+                            ok_partition(*index, r)
+                        }
+                        Err(raft::Error::OffsetOutOfRange { .. }) => {
+                            errors = true;
+                            broker.count_error(ApiKey::Fetch, codes::OFFSET_OUT_OF_RANGE);
+                            error_partition(*index, codes::OFFSET_OUT_OF_RANGE)
+                                .with_high_watermark(replica.high_watermark())
+                                .with_last_stable_offset(replica.last_stable_offset())
+                                .with_log_start_offset(replica.log_start_offset())
+                        }
+                        Err(e) => {
+                            errors = true;
+                            tracing::warn!(topic = %topic.name, partition = index, error = %e, "fetch read failed");
+                            broker.count_error(ApiKey::Fetch, codes::KAFKA_STORAGE_ERROR);
+                            error_partition(*index, codes::KAFKA_STORAGE_ERROR)
                         }
                     }
                 }
@@ -196,14 +205,24 @@ fn read_all(
     (response, total, errors)
 }
 
-fn ok_partition(index: i32, hw: i64, log_start: i64, data: Bytes) -> PartitionData {
+fn ok_partition(index: i32, r: raft::ReadResult) -> PartitionData {
+    let aborted = r.aborted.map(|list| {
+        list.into_iter()
+            .map(|a| {
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(a.producer_id))
+                    .with_first_offset(a.first_offset)
+            })
+            .collect()
+    });
     PartitionData::default()
         .with_partition_index(index)
-        .with_high_watermark(hw)
-        .with_last_stable_offset(hw)
-        .with_log_start_offset(log_start)
+        .with_high_watermark(r.high_watermark)
+        .with_last_stable_offset(r.last_stable_offset)
+        .with_log_start_offset(r.log_start_offset)
+        .with_aborted_transactions(aborted)
         .with_preferred_read_replica(BrokerId(-1))
-        .with_records(Some(data))
+        .with_records(Some(r.data))
 }
 
 fn error_partition(index: i32, code: i16) -> PartitionData {

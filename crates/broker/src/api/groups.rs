@@ -50,17 +50,19 @@ pub fn find_coordinator(
     let answer = |key_type: i8, key: &str| -> Result<(i32, String, i32), (i16, &'static str)> {
         match key_type {
             0 => {}
-            1 => {
-                return Err((
-                    codes::COORDINATOR_NOT_AVAILABLE,
-                    "transactions are not supported yet",
-                ))
-            }
+            1 => {}
             _ => return Err((codes::INVALID_REQUEST, "unknown coordinator key type")),
         }
-        let topic = broker.topics.get(crate::groups::OFFSETS_TOPIC).ok_or((
+        // The coordinator of a transactional id is the leader of its __transaction_state
+        // partition.
+        let internal = if key_type == 1 {
+            crate::txn::TXN_TOPIC
+        } else {
+            crate::groups::OFFSETS_TOPIC
+        };
+        let topic = broker.topics.get(internal).ok_or((
             codes::COORDINATOR_NOT_AVAILABLE,
-            "the offsets topic does not exist yet",
+            "the coordinator's internal topic does not exist yet",
         ))?;
         let p = crate::groups::partition_for(key, topic.partitions.len());
         let leader = topic.partitions[p].leader_id();
@@ -318,6 +320,10 @@ pub fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Reply {
 
 pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     let groups = broker.groups();
+    // require_stable (v7+): an offset an open transaction has committed is not answered
+    // until the transaction ends (the client retries on UNSTABLE_OFFSET_COMMIT).
+    let stable = req.require_stable && version >= 7;
+    let unstable = |group: &str, t: &str, p: i32| stable && groups.unstable(group, t, p);
     if version >= 8 {
         let out = req
             .groups
@@ -335,6 +341,7 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                         .with_error_code(code);
                 }
                 let found = groups.fetch_offsets(&g.group_id, topics);
+                let group_id = g.group_id.to_string();
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
                     .with_topics(
@@ -348,7 +355,13 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                                             .into_iter()
                                             .map(|(p, v)| {
                                                 let (o, e, m) = committed_fields(v);
+                                                let code = if unstable(&group_id, &t, p) {
+                                                    codes::UNSTABLE_OFFSET_COMMIT
+                                                } else {
+                                                    codes::NONE
+                                                };
                                                 OffsetFetchResponsePartitions::default()
+                                                    .with_error_code(code)
                                                     .with_partition_index(p)
                                                     .with_committed_offset(o)
                                                     .with_committed_leader_epoch(e)
@@ -396,8 +409,15 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                             .into_iter()
                             .map(|(p, v)| {
                                 let (o, e, m) = committed_fields(v);
+                                let code = if partition_code == codes::NONE
+                                    && unstable(&req.group_id, &t, p)
+                                {
+                                    codes::UNSTABLE_OFFSET_COMMIT
+                                } else {
+                                    partition_code
+                                };
                                 OffsetFetchResponsePartition::default()
-                                    .with_error_code(partition_code)
+                                    .with_error_code(code)
                                     .with_partition_index(p)
                                     .with_committed_offset(o)
                                     .with_committed_leader_epoch(e)

@@ -21,6 +21,7 @@ pub mod offsets;
 pub mod produce;
 pub mod producer_id;
 pub mod topics;
+pub mod txn;
 pub mod versions;
 
 pub type Reply = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send + 'static>>;
@@ -55,11 +56,18 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::ListGroups => "ListGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::WriteTxnMarkers => "WriteTxnMarkers",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
         _ => "Other",
     }
 }
 
-fn ready(r: ResponseKind) -> Reply {
+pub(crate) fn ready(r: ResponseKind) -> Reply {
     Box::pin(std::future::ready(Some(r)))
 }
 
@@ -96,7 +104,14 @@ pub fn dispatch(
         RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(
             offsets::delete_records(broker, r),
         )),
-        RequestKind::InitProducerId(r) => producer_id::init_producer_id(broker.clone(), r),
+        RequestKind::InitProducerId(r) => producer_id::init_producer_id(broker.clone(), r, v),
+        RequestKind::AddPartitionsToTxn(r) => txn::add_partitions_to_txn(broker.clone(), r, v),
+        RequestKind::AddOffsetsToTxn(r) => txn::add_offsets_to_txn(broker.clone(), r, v),
+        RequestKind::EndTxn(r) => txn::end_txn(broker.clone(), r, v),
+        RequestKind::TxnOffsetCommit(r) => txn::txn_offset_commit(broker, r),
+        RequestKind::WriteTxnMarkers(r) => txn::write_txn_markers(broker.clone(), r),
+        RequestKind::DescribeTransactions(r) => txn::describe_transactions(broker.clone(), r),
+        RequestKind::ListTransactions(r) => txn::list_transactions(broker.clone(), r),
         RequestKind::CreateTopics(r) => topics::create_topics(broker.clone(), r, v),
         RequestKind::DeleteTopics(r) => topics::delete_topics(broker.clone(), r, v),
         RequestKind::CreatePartitions(r) => topics::create_partitions(broker.clone(), r),

@@ -32,6 +32,7 @@ fn find_record(batch: Bytes, pick: impl Fn(i64) -> bool) -> Option<(i64, i64)> {
 }
 
 pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let committed = version >= 2 && req.isolation_level == 1;
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = broker.topics.get(t.name.0.as_str());
@@ -62,6 +63,8 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                 -1
             };
             let found: Result<Option<(i64, i64)>, raft::Error> = match p.timestamp {
+                // read_committed (v2+) consumers start from the last stable offset.
+                LATEST if committed => Ok(Some((replica.last_stable_offset(), -1))),
                 LATEST => Ok(Some((replica.high_watermark(), -1))),
                 EARLIEST | EARLIEST_LOCAL => Ok(Some((replica.log_start_offset(), -1))),
                 LATEST_TIERED => Ok(None),

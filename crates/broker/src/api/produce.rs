@@ -1,5 +1,6 @@
 //! Produce: validate record batches as sent, queue them on their partitions in request
-//! order, answer when committed (acks=1/all) or not at all (acks=0).
+//! order, answer when committed (acks=all), when on the leader's log (acks=1) or not at all
+//! (acks=0).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,13 +49,6 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                 parts.push(answer(
                     codes::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} is not -1, 0 or 1"),
-                ));
-                continue;
-            }
-            if req.transactional_id.is_some() {
-                parts.push(answer(
-                    codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    "transactions are not supported yet".into(),
                 ));
                 continue;
             }
@@ -114,7 +108,8 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                     continue;
                 }
             }
-            let proposed = replica.propose(v.batches);
+            // acks=1 is answered once the leader's log has the batches; acks=-1 on commit.
+            let proposed = replica.propose_acks(v.batches, acks == 1);
             let metrics = topic.metrics.clone();
             let broker = broker.clone();
             let (records, bytes, append_time) = (v.records, v.bytes, append_time.unwrap_or(-1));
@@ -125,7 +120,7 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                         .await
                     {
                         Ok(r) => {
-                            if r.is_ok() {
+                            if r.is_ok() && acks != 1 {
                                 broker
                                     .metrics
                                     .commit_latency

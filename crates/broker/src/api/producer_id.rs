@@ -1,5 +1,5 @@
-//! InitProducerId for idempotent producers (transactions come with the transaction
-//! coordinator).
+//! InitProducerId: a fresh producer id for idempotent producers; for transactional ones the
+//! id's producer id with a bumped epoch, from the transaction coordinator.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use super::{codes, Reply};
 use crate::Broker;
 
-pub fn init_producer_id(broker: Arc<Broker>, req: InitProducerIdRequest) -> Reply {
+pub fn init_producer_id(broker: Arc<Broker>, req: InitProducerIdRequest, version: i16) -> Reply {
     Box::pin(async move {
         let fail = |code: i16| {
             broker.count_error(ApiKey::InitProducerId, code);
@@ -19,10 +19,25 @@ pub fn init_producer_id(broker: Arc<Broker>, req: InitProducerIdRequest) -> Repl
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1)
         };
-        let r = if req.transactional_id.is_some() {
-            // No transaction coordinator yet: FindCoordinator for transactions is not
-            // offered either, so clients fail at initialisation with a clear error.
-            fail(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        let r = if let Some(id) = req.transactional_id.as_ref().filter(|i| !i.0.is_empty()) {
+            let expected =
+                (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+            let txn = broker.txn().clone();
+            match txn
+                .init_producer(
+                    &broker,
+                    id.0.as_str(),
+                    req.transaction_timeout_ms,
+                    expected,
+                    version >= 4,
+                )
+                .await
+            {
+                Ok((pid, epoch)) => InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch),
+                Err(code) => fail(code),
+            }
         } else {
             // Without a transactional id every call gets a fresh id (as Kafka does, KIP-360
             // epoch bumps included), so sequences always start from zero on a new id.

@@ -136,6 +136,9 @@ struct Group {
     join_deadline: Option<Instant>,
     join_not_before: Option<Instant>,
     offsets: HashMap<(String, i32), Committed>,
+    /// Offsets committed inside open transactions, by producer id: visible once the
+    /// transaction commits (its marker reaches this group's offsets partition).
+    txn_offsets: HashMap<i64, HashMap<(String, i32), OffsetValue>>,
     /// Records to write to the offsets partition once the current operation is done.
     writes: Vec<(Bytes, Option<Bytes>)>,
 }
@@ -223,6 +226,7 @@ impl Group {
             join_deadline: None,
             join_not_before: None,
             offsets: HashMap::new(),
+            txn_offsets: HashMap::new(),
             writes: Vec::new(),
         }
     }
@@ -687,11 +691,35 @@ impl Coordinator {
         let read = tokio::task::spawn_blocking(move || {
             let mut st = State::default();
             let mut records = 0usize;
-            let r = crate::committed::for_each(&part, 0, |r| {
+            // Transactional offset commits wait for their producer's marker.
+            let mut staged: HashMap<i64, Vec<KeyValue>> = HashMap::new();
+            let r = crate::committed::for_each_with_control(&part, 0, |r| {
                 records += 1;
-                apply_record(&mut st, n, r.key, r.value);
+                if r.control {
+                    let commit = r.key.as_ref().is_some_and(|k| {
+                        k.len() >= 4
+                            && i16::from_be_bytes([k[2], k[3]]) == storage::batch::CONTROL_COMMIT
+                    });
+                    for (key, value) in staged.remove(&r.producer_id).unwrap_or_default() {
+                        if commit {
+                            apply_record(&mut st, n, key, value);
+                        }
+                    }
+                } else if r.transactional {
+                    staged
+                        .entry(r.producer_id)
+                        .or_default()
+                        .push((r.key, r.value));
+                } else {
+                    apply_record(&mut st, n, r.key, r.value);
+                }
                 Ok(())
             });
+            for (pid, list) in staged {
+                for (key, value) in list {
+                    stage_txn_record(&mut st, n, pid, key, value);
+                }
+            }
             if let Err(e) = r {
                 // Records after an undecodable batch cannot be read; keep what could.
                 tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: replay stopped early");
@@ -1248,6 +1276,147 @@ impl Coordinator {
         }))
     }
 
+    /// TxnOffsetCommit: checks the request against the group like OffsetCommit and writes
+    /// the offsets as part of `pid`'s transaction; they become visible when it commits
+    /// ([`Coordinator::complete_txn`]). The future resolves once they are durable.
+    #[allow(clippy::too_many_arguments)]
+    pub fn txn_commit(
+        self: &Arc<Self>,
+        group_id: &str,
+        pid: i64,
+        epoch: i16,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<&str>,
+        items: Vec<CommitItem>,
+    ) -> Result<impl Future<Output = Result<(), i16>> + Send + 'static, i16> {
+        if group_id.is_empty() {
+            return Err(codes::INVALID_GROUP_ID);
+        }
+        if let Some(code) = self.not_serving(group_id) {
+            return Err(code);
+        }
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let n = self.partitions.len();
+        let g = st
+            .groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id, n));
+        if g.fenced(member_id, instance_id) {
+            return Err(codes::FENCED_INSTANCE_ID);
+        }
+        // Producers that pass the consumer's group metadata (KIP-447) are checked against
+        // the group's generation; older ones send generation -1.
+        if generation >= 0 {
+            let current = g.generation;
+            let Some(m) = g.members.get_mut(member_id) else {
+                return Err(codes::UNKNOWN_MEMBER_ID);
+            };
+            if generation != current {
+                return Err(codes::ILLEGAL_GENERATION);
+            }
+            m.deadline = now + m.session_timeout;
+        }
+        let ts = now_ms();
+        let values: Vec<(String, i32, OffsetValue)> = items
+            .into_iter()
+            .map(|i| {
+                (
+                    i.topic,
+                    i.partition,
+                    OffsetValue {
+                        offset: i.offset,
+                        leader_epoch: i.leader_epoch,
+                        metadata: i.metadata,
+                        commit_timestamp: ts,
+                    },
+                )
+            })
+            .collect();
+        let records: Vec<(Bytes, Option<Bytes>)> = values
+            .iter()
+            .map(|(topic, partition, v)| {
+                (
+                    store::encode_key(&Key::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }),
+                    Some(store::encode_offset(v)),
+                )
+            })
+            .collect();
+        let partition = g.partition;
+        drop(st);
+        let written = match (&self.partitions[partition], records.is_empty()) {
+            (_, true) => None,
+            (Some(p), false) => {
+                Some(p.propose(vec![store::encode_txn_batch(&records, pid, epoch, ts)]))
+            }
+            (None, false) => return Err(codes::NOT_COORDINATOR),
+        };
+        let this = self.clone();
+        let group_id = group_id.to_string();
+        Ok(async move {
+            if let Some(w) = written {
+                match w.await {
+                    Ok(o) if matches!(o.first(), Some(raft::ProposeOutcome::Appended { .. })) => {}
+                    Ok(o) => {
+                        tracing::warn!(group = %group_id, outcome = ?o, "transactional offset commit refused");
+                        return Err(match o.first() {
+                            Some(raft::ProposeOutcome::Rejected(code)) => *code,
+                            _ => codes::UNKNOWN_SERVER_ERROR,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(group = %group_id, error = %e, "transactional offset commit failed");
+                        return Err(codes::COORDINATOR_NOT_AVAILABLE);
+                    }
+                }
+            }
+            let mut st = this.state.lock();
+            let g = st
+                .groups
+                .entry(group_id.clone())
+                .or_insert_with(|| Group::new(&group_id, n));
+            let pending = g.txn_offsets.entry(pid).or_default();
+            for (topic, partition, value) in values {
+                pending.insert((topic, partition), value);
+            }
+            Ok(())
+        })
+    }
+
+    /// A transaction marker of producer `pid` reached offsets partition `k`: its offsets
+    /// become committed (commit) or are dropped (abort).
+    pub fn complete_txn(&self, k: usize, pid: i64, commit: bool) {
+        let mut st = self.state.lock();
+        st.seq += 1;
+        let seq = st.seq;
+        for g in st.groups.values_mut().filter(|g| g.partition == k) {
+            let Some(offsets) = g.txn_offsets.remove(&pid) else {
+                continue;
+            };
+            if commit {
+                for (tp, value) in offsets {
+                    g.offsets.insert(tp, Committed { value, seq });
+                }
+            }
+        }
+    }
+
+    /// Whether an open transaction has committed an offset for this group and partition
+    /// (OffsetFetch with require_stable answers UNSTABLE_OFFSET_COMMIT then).
+    pub fn unstable(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let st = self.state.lock();
+        st.groups.get(group_id).is_some_and(|g| {
+            g.txn_offsets
+                .values()
+                .any(|m| m.contains_key(&(topic.to_string(), partition)))
+        })
+    }
+
     /// Committed offsets of a group: the named partitions (None where nothing is committed),
     /// or every committed partition when `topics` is None.
     #[allow(clippy::type_complexity)]
@@ -1517,6 +1686,40 @@ fn subscribed_topics(g: &Group) -> Vec<String> {
         }
     }
     out
+}
+
+/// A record's key and value.
+type KeyValue = (Option<Bytes>, Option<Bytes>);
+
+/// Keeps an offset committed by the still-open transaction of `pid` while loading.
+fn stage_txn_record(
+    st: &mut State,
+    partitions: usize,
+    pid: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) {
+    let Some(key @ Key::Offset { .. }) = key.and_then(store::decode_key) else {
+        return;
+    };
+    let Some(Value::Offset(v)) = value.and_then(|v| store::decode_value(&key, v)) else {
+        return;
+    };
+    let Key::Offset {
+        group,
+        topic,
+        partition,
+    } = key
+    else {
+        return;
+    };
+    st.groups
+        .entry(group.clone())
+        .or_insert_with(|| Group::new(&group, partitions))
+        .txn_offsets
+        .entry(pid)
+        .or_default()
+        .insert((topic, partition), v);
 }
 
 /// Applies one record of the offsets topic while loading.

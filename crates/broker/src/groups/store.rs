@@ -241,19 +241,38 @@ pub fn decode_value(key: &Key, value: Bytes) -> Option<Value> {
     }
 }
 
+/// Like [`encode_batch`], as part of the transaction of producer `pid` (TxnOffsetCommit).
+pub fn encode_txn_batch(
+    records: &[(Bytes, Option<Bytes>)],
+    pid: i64,
+    epoch: i16,
+    now_ms: i64,
+) -> BytesMut {
+    encode(records, now_ms, Some((pid, epoch)))
+}
+
 /// Encodes `(key, value)` pairs (None = tombstone) as one uncompressed record batch v2,
 /// ready for `Partition::propose` (offsets are stamped by the partition).
 pub fn encode_batch(records: &[(Bytes, Option<Bytes>)], now_ms: i64) -> BytesMut {
+    encode(records, now_ms, None)
+}
+
+fn encode(
+    records: &[(Bytes, Option<Bytes>)],
+    now_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> BytesMut {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, (k, v))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder keeps one batch only while offset - sequence stays constant; the
