@@ -55,7 +55,7 @@ enum CommitMode {
     Async,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "sluice-bench",
     about = "Kafka producer/consumer throughput and latency, offset commit and rebalance tool"
@@ -88,6 +88,9 @@ struct Args {
     /// compression.type: none, gzip, snappy, lz4, zstd.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
     compression: String,
+    /// Produce mode: producers running side by side, each sending records / producers.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
     /// Produce mode: send in transactions of this many records (a transactional producer,
     /// commit after each); 0 for none.
     #[arg(long, default_value_t = 0)]
@@ -153,7 +156,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let mut ok = true;
     if matches!(args.mode, Mode::Produce | Mode::Both) {
         ensure_topic(args)?;
-        ok &= produce(args)?;
+        ok &= produce_all(args)?;
     }
     if matches!(args.mode, Mode::Consume | Mode::Both) {
         ok &= consume(args)?;
@@ -268,7 +271,67 @@ impl ProducerContext for BenchContext {
     }
 }
 
-fn produce(args: &Args) -> anyhow::Result<bool> {
+/// Runs `--producers` producers side by side (each `records / producers` records, its own
+/// transactional id) and prints one line for all: records/s over the longest run, the
+/// largest of their latency percentiles.
+fn produce_all(args: &Args) -> anyhow::Result<bool> {
+    if args.producers <= 1 {
+        let (out, ok) = produce(args, 0)?;
+        println!("{out}");
+        return Ok(ok);
+    }
+    let mut each = Args::clone(args);
+    each.records = args.records / args.producers as u64;
+    each.report_secs = 0;
+    each.broker_pid = None;
+    let results: Vec<anyhow::Result<(serde_json::Value, bool)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.producers)
+            .map(|k| {
+                let each = &each;
+                s.spawn(move || produce(each, k))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("producer thread"))
+            .collect()
+    });
+    let mut outs = Vec::new();
+    let mut ok = true;
+    for r in results {
+        let (out, o) = r?;
+        ok &= o;
+        outs.push(out);
+    }
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let records: f64 = outs.iter().map(|o| num(o, "records")).sum();
+    let elapsed = outs.iter().map(|o| num(o, "elapsed_s")).fold(0.0, f64::max);
+    let worst = |k: &str| outs.iter().map(|o| num(o, k)).fold(0.0, f64::max);
+    let out = json!({
+        "mode": "produce",
+        "producers": args.producers,
+        "records": records,
+        "errors": outs.iter().map(|o| num(o, "errors")).sum::<f64>(),
+        "records_per_sec": round(records / elapsed, 1),
+        "mb_per_sec": round(records * args.record_size as f64 / elapsed / MIB, 3),
+        "p50_ms": worst("p50_ms"),
+        "p99_ms": worst("p99_ms"),
+        "p999_ms": worst("p999_ms"),
+        "max_ms": worst("max_ms"),
+        "elapsed_s": round(elapsed, 3),
+        "record_size": args.record_size,
+        "acks": args.acks,
+        "linger_ms": args.linger_ms,
+        "txn_records": args.txn_records,
+        "transactions": outs.iter().map(|o| num(o, "transactions")).sum::<f64>(),
+        "topic": args.topic,
+    });
+    println!("{out}");
+    Ok(ok)
+}
+
+/// One producer's run; `k` tells producers of one run apart (transactional ids).
+fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
     let mut cfg = base_config(args);
     cfg.set("acks", &args.acks)
         .set("linger.ms", args.linger_ms.to_string())
@@ -280,7 +343,7 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
     if args.txn_records > 0 {
         cfg.set(
             "transactional.id",
-            format!("sluice-bench-{}", std::process::id()),
+            format!("sluice-bench-{}-{k}", std::process::id()),
         );
     }
     let ctx = BenchContext {
@@ -397,11 +460,10 @@ fn produce(args: &Args) -> anyhow::Result<bool> {
         "topic": args.topic,
     });
     add_broker_stats(&mut out, broker_before, broker_after, acked);
-    println!("{out}");
     if let Some(e) = ctx.first_error.lock().expect("error lock").as_ref() {
         eprintln!("{failed} records failed; first error: {e}");
     }
-    Ok(failed == 0 && acked == args.records)
+    Ok((out, failed == 0 && acked == args.records))
 }
 
 // ---------------------------------------------------------------------------

@@ -3,14 +3,13 @@
 //! group requests for the error codes clients depend on.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_tests::*;
@@ -422,46 +421,6 @@ async fn committed_offsets_survive_consumer_and_node_restarts() {
 // Raw requests
 // ---------------------------------------------------------------------------
 
-struct Raw {
-    s: TcpStream,
-    corr: i32,
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Raw { s, corr: 0 }
-    }
-
-    fn call<Req: Encodable, Resp: Decodable>(&mut self, key: ApiKey, v: i16, req: &Req) -> Resp {
-        self.corr += 1;
-        let mut body = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(v)
-            .with_correlation_id(self.corr)
-            .with_client_id(Some(StrBytes::from_static_str("raw-groups")))
-            .encode(&mut body, key.request_header_version(v))
-            .expect("encode header");
-        req.encode(&mut body, v).expect("encode request");
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        self.s.write_all(&frame).expect("send");
-        let mut len = [0u8; 4];
-        self.s.read_exact(&mut len).expect("response length");
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.s.read_exact(&mut buf).expect("response body");
-        let mut buf = bytes::Bytes::from(buf);
-        let h = ResponseHeader::decode(&mut buf, key.response_header_version(v)).expect("header");
-        assert_eq!(h.correlation_id, self.corr);
-        let r = Resp::decode(&mut buf, v).expect("decode response");
-        assert!(!buf.has_remaining(), "{key:?} v{v}: trailing bytes");
-        r
-    }
-}
-
 fn s(x: &str) -> StrBytes {
     StrBytes::from_string(x.to_string())
 }
@@ -663,7 +622,7 @@ fn raw_checks(addr: SocketAddr) {
         r.groups[0].members[0].member_assignment.as_ref(),
         b"assigned"
     );
-    assert_eq!(r.groups[0].members[0].client_id.as_str(), "raw-groups");
+    assert_eq!(r.groups[0].members[0].client_id.as_str(), "raw-client");
     assert_eq!(r.groups[1].group_state.as_str(), "Dead");
     let r: DescribeGroupsResponse = c.call(
         ApiKey::DescribeGroups,
@@ -694,7 +653,7 @@ fn raw_checks(addr: SocketAddr) {
 
     // A second member joins (v3, no two-step): the first learns of the rebalance through its
     // heartbeat, rejoins, and both get the new generation.
-    let addr2 = c.s.peer_addr().expect("peer");
+    let addr2 = c.peer_addr().expect("peer");
     let second = std::thread::spawn(move || {
         let mut c2 = Raw::connect(addr2);
         let r: JoinGroupResponse =

@@ -29,6 +29,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 pub use rdkafka;
 
+use bytes::{Buf, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
 /// Fixed target dir of the project (see `.cargo/config.toml`).
 const DEFAULT_TARGET_DIR: &str = "/var/cache/sluice/target";
 
@@ -755,4 +759,56 @@ pub fn by_partition(msgs: &[OwnedMessage]) -> HashMap<i32, Vec<&OwnedMessage>> {
         m.entry(msg.partition()).or_default().push(msg);
     }
     m
+}
+
+/// A raw Kafka connection: one request at a time, encoded and decoded with kafka-protocol,
+/// for requests and error codes real clients do not expose.
+pub struct Raw {
+    s: TcpStream,
+    corr: i32,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Raw { s, corr: 0 }
+    }
+
+    /// The broker address this connection talks to.
+    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.s.peer_addr()
+    }
+
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        v: i16,
+        req: &Req,
+    ) -> Resp {
+        self.corr += 1;
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(v)
+            .with_correlation_id(self.corr)
+            .with_client_id(Some(StrBytes::from_static_str("raw-client")))
+            .encode(&mut body, key.request_header_version(v))
+            .expect("encode header");
+        req.encode(&mut body, v).expect("encode request");
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        self.s.write_all(&frame).expect("send");
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).expect("response length");
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut buf).expect("response body");
+        let mut buf = bytes::Bytes::from(buf);
+        let h = ResponseHeader::decode(&mut buf, key.response_header_version(v)).expect("header");
+        assert_eq!(h.correlation_id, self.corr);
+        let r = Resp::decode(&mut buf, v).expect("decode response");
+        assert!(!buf.has_remaining(), "{key:?} v{v}: trailing bytes");
+        r
+    }
 }

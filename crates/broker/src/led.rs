@@ -161,6 +161,12 @@ impl Led {
         }
     }
 
+    /// Forgets that partition `k` is loaded: the next check loads it again (its state in
+    /// memory may have missed a write).
+    pub fn invalidate(&self, k: usize) {
+        self.loads.lock()[k] = Load::No;
+    }
+
     /// Abandons the load of partition `k` in `term`.
     pub fn give_up(&self, k: usize, term: u64, why: &str) -> String {
         let mut loads = self.loads.lock();

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub partition_log_start: IntGaugeVec,
     pub group_committed_offset: IntGaugeVec,
     pub group_lag: IntGaugeVec,
+    pub transactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -192,8 +193,18 @@ impl Metrics {
             &["group", "topic", "partition"],
         )
         .expect("valid metric");
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "sluice_transactions_completed_total",
+                "Transactions this node's transaction coordinator completed, by result \
+                 (commit, abort, timeout: aborted by the coordinator after transaction.timeout.ms).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(group_committed_offset.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transactions.clone()),
             Box::new(group_lag.clone()),
             Box::new(requests.clone()),
             Box::new(request_errors.clone()),
@@ -249,6 +260,7 @@ impl Metrics {
             partition_log_start,
             group_committed_offset,
             group_lag,
+            transactions,
         }
     }
 

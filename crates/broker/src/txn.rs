@@ -71,6 +71,9 @@ pub struct TxnMeta {
     /// When the current transaction started (first partition added); -1 when none.
     pub start_ms: i64,
     pub updated_ms: i64,
+    /// The abort was decided by the coordinator at the transaction's timeout.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A summary for DescribeTransactions / ListTransactions.
@@ -150,13 +153,24 @@ impl TxnCoordinator {
         let Some(p) = self.led.partition(k) else {
             return Err(codes::NOT_COORDINATOR);
         };
+        let Some(term) = self.led.serving_term(k) else {
+            return Err(codes::NOT_COORDINATOR);
+        };
         let value = serde_json::to_vec(meta).expect("serialisable");
         let batch = encode(
             Bytes::copy_from_slice(id.as_bytes()),
             Some(Bytes::from(value)),
         );
         match p.propose(vec![batch]).await {
-            Ok(out) if matches!(out.first(), Some(raft::ProposeOutcome::Appended { .. })) => Ok(()),
+            Ok(out) if matches!(out.first(), Some(raft::ProposeOutcome::Appended { .. })) => {
+                // Written; but if the partition was reloaded meanwhile (a new term), the
+                // reload may not have seen it: load again rather than serve stale state.
+                if self.led.serving_term(k) != Some(term) {
+                    self.led.invalidate(k);
+                    return Err(codes::NOT_COORDINATOR);
+                }
+                Ok(())
+            }
             Ok(out) => {
                 tracing::warn!(txn = id, outcome = ?out, "transaction state not written");
                 Err(codes::COORDINATOR_NOT_AVAILABLE)
@@ -210,6 +224,7 @@ impl TxnCoordinator {
                     partitions: BTreeSet::new(),
                     start_ms: -1,
                     updated_ms: now,
+                    timed_out: false,
                 }
             }
             Some(m) => m,
@@ -227,6 +242,7 @@ impl TxnCoordinator {
             // bumped epoch, so its markers fence that producer on every partition.
             meta = self.bump(broker, meta).await?;
             meta.status = Status::PrepareAbort;
+            meta.timed_out = false;
             meta.updated_ms = now;
             self.persist(id, &meta).await?;
             *guard = Some(meta.clone());
@@ -306,6 +322,7 @@ impl TxnCoordinator {
         if meta.status != Status::Ongoing {
             meta.partitions.clear();
             meta.start_ms = now;
+            meta.timed_out = false;
         } else if partitions.iter().all(|p| meta.partitions.contains(p)) {
             return Ok(());
         }
@@ -348,6 +365,7 @@ impl TxnCoordinator {
         } else {
             Status::PrepareAbort
         };
+        meta.timed_out = false;
         meta.updated_ms = now_ms();
         self.persist(id, &meta).await?;
         *guard = Some(meta);
@@ -422,6 +440,16 @@ impl TxnCoordinator {
         done.updated_ms = now_ms();
         self.persist(id, &done).await?;
         *guard = Some(done);
+        let result = match (commit, meta.timed_out) {
+            (true, _) => "commit",
+            (false, false) => "abort",
+            (false, true) => "timeout",
+        };
+        broker
+            .metrics
+            .transactions
+            .with_label_values(&[result])
+            .inc();
         Ok(())
     }
 
@@ -453,6 +481,7 @@ impl TxnCoordinator {
             };
             next.status = Status::PrepareAbort;
             next.updated_ms = now;
+            next.timed_out = true;
             if self.persist(&id, &next).await.is_err() {
                 continue;
             }

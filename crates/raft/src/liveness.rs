@@ -42,6 +42,11 @@ pub const LEADERLESS_AFTER: Duration = Duration::from_millis(600);
 const BALANCE_AFTER: Duration = Duration::from_secs(5);
 /// At most one hand-over attempt per group in this period.
 const BALANCE_EVERY: Duration = Duration::from_secs(10);
+/// A leader still leading in the same term this long after it handed leadership over takes
+/// it back with a new election: openraft stops a transferring leader's writes and
+/// heartbeats until the target takes over, and a target that never does (it died, or
+/// refused) would otherwise leave the group unwritable with a live leader nobody replaces.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A follower that has not caught up with the leader for this long leaves the in-sync
 /// replicas (Kafka's `replica.lag.time.max.ms` default); one whose node stopped answering
@@ -106,7 +111,8 @@ async fn run(
     let mut due: HashMap<Bytes, Instant> = HashMap::new();
     // Per group led here: since when, and the last hand-over attempt.
     let mut led_since: HashMap<Bytes, Instant> = HashMap::new();
-    let mut handed: HashMap<Bytes, Instant> = HashMap::new();
+    // Group -> when leadership was handed to the preferred replica, and in which term.
+    let mut handed: HashMap<Bytes, (Instant, u64)> = HashMap::new();
     // Per group led here: the leader's last log index at the previous tick and when each
     // follower last had everything up to it.
     let mut caught_up: HashMap<Bytes, (u64, HashMap<NodeId, Instant>)> = HashMap::new();
@@ -149,15 +155,21 @@ async fn run(
         led_since.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         for (key, raft, preferred) in groups {
-            let (leader, preferred_caught_up) = {
+            let (leader, caught_up_followers, term) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
-                let preferred_caught_up = match (preferred, &m.replication) {
-                    (Some(p), Some(r)) => r
-                        .get(&p)
-                        .and_then(|l| l.as_ref().map(|l| l.index))
-                        .is_some_and(|i| Some(i) == m.last_log_index),
-                    _ => false,
+                // Followers that have every entry of the leader's log.
+                let caught_up_followers: Vec<NodeId> = match &m.replication {
+                    Some(r) => r
+                        .iter()
+                        .filter(|(f, l)| {
+                            **f != node.id
+                                && l.as_ref().map(|l| l.index).is_some()
+                                && l.as_ref().map(|l| l.index) == m.last_log_index
+                        })
+                        .map(|(f, _)| *f)
+                        .collect(),
+                    None => Vec::new(),
                 };
                 // In-sync replicas: this leader, and each follower that had, within
                 // REPLICA_LAG_MAX, every entry the leader had one tick earlier (or has now),
@@ -192,24 +204,54 @@ async fn run(
                         }
                     }
                 }
-                (m.current_leader, preferred_caught_up)
+                (m.current_leader, caught_up_followers, m.current_term)
             };
+            let preferred_caught_up = preferred.is_some_and(|p| caught_up_followers.contains(&p));
             // Leader balancing: hand leadership back to the preferred replica.
             if leader == Some(node.id) {
                 let since = *led_since.entry(key.clone()).or_insert(now);
+                if let Some((at, t)) = handed.get(&key).copied() {
+                    if t == term && now.saturating_duration_since(at) >= TRANSFER_TIMEOUT {
+                        // The target did not take over (a transferring leader neither writes
+                        // nor heartbeats, and cannot campaign itself): hand leadership to a
+                        // caught-up live follower, another one than before if there is one.
+                        let target = caught_up_followers
+                            .iter()
+                            .copied()
+                            .filter(|f| alive(*f))
+                            .max_by_key(|f| Some(*f) != preferred);
+                        tracing::warn!(
+                            group = %String::from_utf8_lossy(&key),
+                            term,
+                            ?target,
+                            "leadership transfer did not complete in time; handing over again"
+                        );
+                        handed.insert(key.clone(), (now, term));
+                        if let Some(target) = target {
+                            let r = raft.clone();
+                            tokio::spawn(async move {
+                                let _ = r.trigger().transfer_leader(target).await;
+                            });
+                        }
+                    }
+                }
                 if let Some(p) = preferred {
                     let recently = handed
                         .get(&key)
-                        .is_some_and(|t| now.saturating_duration_since(*t) < BALANCE_EVERY);
+                        .is_some_and(|(t, _)| now.saturating_duration_since(*t) < BALANCE_EVERY);
                     if p != node.id
                         && preferred_caught_up
                         && alive(p)
                         && !recently
                         && now.saturating_duration_since(since) >= BALANCE_AFTER
                     {
-                        handed.insert(key.clone(), now);
+                        handed.insert(key.clone(), (now, term));
                         let r = raft.clone();
                         tokio::spawn(async move {
+                            // A heartbeat first, so the target has this leader's vote (a
+                            // transfer request is ignored by a node that has not seen it).
+                            let _ = r.trigger().heartbeat().await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             let _ = r.trigger().transfer_leader(p).await;
                         });
                     }

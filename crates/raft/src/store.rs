@@ -621,18 +621,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let holds = self.shared.log.term_of(to_log(last.index)) == Some(last.leader_id.term);
         if !holds {
-            return Err(io::Error::other(format!(
-                "snapshot up to {last} (offset {}) needs the log reset to its position, which \
-                 is not supported yet: the follower fell behind the leader's retention",
-                body.next_offset
-            )));
+            // This replica fell behind the leader's retention: the entries it misses are gone
+            // on the leader too. Its log starts over at the snapshot's position, empty, and
+            // replication goes on from the next entry.
+            tracing::warn!(
+                group = %self.shared.key,
+                snapshot = %last,
+                next_offset = body.next_offset,
+                "behind the leader's log start: resetting this replica's log to the snapshot"
+            );
+            self.shared
+                .log
+                .reset_to(body.next_offset)
+                .map_err(io::Error::other)?;
+            self.shared.save("purged", &last, true)?;
+            *self.shared.txn.lock() = TxnIndex::default();
+            self.shared
+                .first_unstable
+                .store(i64::MAX, Ordering::Release);
+            self.shared.durable.send_replace(body.next_offset);
         }
         self.applied = Some(last);
         self.membership = meta.last_membership.clone();
         self.shared.save("membership", &self.membership, true)?;
-        if let Some(hw) = self.shared.offset_after(last.index)? {
-            self.shared.set_hw(hw);
-        }
+        self.shared.save("committed", &Some(last), true)?;
+        let hw = match self.shared.offset_after(last.index)? {
+            Some(hw) => hw,
+            None => body.next_offset,
+        };
+        self.shared.set_hw(hw);
+        self.shared.save_txn_snapshot()?;
         *self.snapshot.lock() = Some((meta.clone(), body));
         Ok(())
     }

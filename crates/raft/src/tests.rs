@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::{
     AdmitAll, Error, LogConfig, MemRouter, NodeId, Partition, PartitionOptions, ProposeOutcome,
-    RaftNode, Registry,
+    RaftNode, Registry, Role,
 };
 
 fn fast_config() -> openraft::Config {
@@ -35,10 +35,15 @@ struct Cluster {
     router: MemRouter,
     voters: BTreeMap<NodeId, String>,
     nodes: Vec<Replica>,
+    log: LogConfig,
 }
 
 impl Cluster {
     fn new(n: u64) -> Cluster {
+        Cluster::with_log(n, LogConfig::default())
+    }
+
+    fn with_log(n: u64, log: LogConfig) -> Cluster {
         let voters: BTreeMap<NodeId, String> = (1..=n).map(|i| (i, format!("node-{i}"))).collect();
         let nodes = (1..=n)
             .map(|id| {
@@ -56,6 +61,7 @@ impl Cluster {
             router: MemRouter::default(),
             voters,
             nodes,
+            log,
         };
         for id in 1..=n {
             c.start(id);
@@ -78,7 +84,7 @@ impl Cluster {
         let part = Partition::open(
             &r.dir.path().join("log"),
             PartitionOptions {
-                log: LogConfig::default(),
+                log: self.log.clone(),
                 node,
                 group: "t-0".into(),
                 voters: self.voters.clone(),
@@ -404,8 +410,27 @@ async fn tcp_node(
 async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some((id, _)) = nodes.iter().find(|(_, n)| n.parts[g].is_leader()) {
-            return *id;
+        // The leader in the highest term any node knows of (a deposed leader may not have
+        // heard of the newer term yet), once every running replica agrees on it.
+        let top = nodes
+            .values()
+            .map(|n| n.parts[g].role())
+            .max_by_key(|r| r.term);
+        if let Some(Role {
+            leader: Some(l),
+            term,
+        }) = top
+        {
+            let agreed = nodes.values().all(|n| {
+                n.parts[g].role()
+                    == Role {
+                        leader: Some(l),
+                        term,
+                    }
+            });
+            if agreed && nodes.get(&l).is_some_and(|n| n.parts[g].is_leader()) {
+                return l;
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -646,4 +671,77 @@ async fn a_new_leader_knows_the_open_and_aborted_transactions() {
             last_offset: 3
         }])
     );
+}
+
+/// A follower that was down while the leader's retention removed the entries it needs gets
+/// the leader's position (a snapshot), starts its log over there and replicates from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_retention_starts_over_at_its_position() {
+    let mut c = Cluster::with_log(
+        3,
+        LogConfig {
+            segment_bytes: 2048,
+            ..LogConfig::default()
+        },
+    );
+    let leader = c.leader(None).await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.part(leader)
+        .propose(vec![batch(2, 0)])
+        .await
+        .expect("commit");
+    wait_hw(c.part(follower), 2).await;
+    c.stop(follower).await;
+    for i in 1..80u64 {
+        c.part(leader)
+            .propose(vec![batch(2, i)])
+            .await
+            .expect("commit");
+    }
+    // Retention keeps about the last 2 KiB: the first segments go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.part(leader).log_start_offset() == 0 {
+        c.part(leader)
+            .enforce_retention(0, None, Some(2048))
+            .await
+            .expect("retention");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = c.part(leader).log_start_offset();
+    assert!(
+        start > 2,
+        "purged past what the follower has: start {start}"
+    );
+    c.start(follower);
+    c.part(leader)
+        .propose(vec![batch(3, 99)])
+        .await
+        .expect("commit");
+    wait_hw(c.part(follower), 163).await;
+    let f = c.part(follower);
+    assert!(
+        f.log_start_offset() > 2 && f.log_start_offset() <= 160,
+        "follower log start {}",
+        f.log_start_offset()
+    );
+    // What the follower has is exactly the leader's log from the follower's start on.
+    let leader_tail: Vec<(i64, i32)> = contents(c.part(leader))
+        .into_iter()
+        .filter(|(o, _)| *o >= f.log_start_offset())
+        .collect();
+    assert_eq!(contents(f), leader_tail);
+    assert_eq!(leader_tail.last(), Some(&(160, 3)));
+    // And it keeps replicating after a restart.
+    c.stop(follower).await;
+    c.start(follower);
+    c.part(leader)
+        .propose(vec![batch(1, 100)])
+        .await
+        .expect("commit");
+    wait_hw(c.part(follower), 164).await;
+    assert_eq!(contents(c.part(follower)).last(), Some(&(163, 1)));
 }

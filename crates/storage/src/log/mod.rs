@@ -794,6 +794,39 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Empties the log and starts it again at offset `next_offset` (the next entry may have
+    /// any index): a replica too far behind its leader's retention takes the leader's
+    /// position instead of entries it can no longer get. Old segments go newest first, then
+    /// the new empty segment and the log start checkpoint are made durable; a crash part-way
+    /// leaves a prefix of the old log or an empty log, both of which the replica's leader
+    /// repairs the same way.
+    pub fn reset_to(&self, next_offset: i64) -> Result<()> {
+        self.check_writable()?;
+        let mut inner = self.inner.write();
+        if inner.closed {
+            return Err(Error::Closed);
+        }
+        inner.truncate_epoch += 1;
+        while let Some(seg) = inner.segments.pop() {
+            let base = seg.base_offset;
+            drop(seg);
+            Segment::remove_files(&self.dir, base)?;
+        }
+        self.fsync_dir()?;
+        let path = self.dir.join(log_name(next_offset));
+        let file = Arc::new(open_segment_file(&path, true)?);
+        file.set_len(0)?;
+        self.fsync_file(&file)?;
+        inner
+            .segments
+            .push(Segment::new(next_offset, path, file, now_ms()));
+        self.write_durable(CHECKPOINT, &encode_checkpoint(next_offset))?;
+        inner.checkpoint = Some(next_offset);
+        inner.log_start = next_offset;
+        inner.durable = 0;
+        Ok(())
+    }
+
     /// Deletes whole segments (never the active one) whose entries all have index <=
     /// `up_to_index`. Returns how many were deleted.
     pub fn purge_prefix(&self, up_to_index: u64) -> Result<usize> {

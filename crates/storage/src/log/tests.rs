@@ -723,3 +723,44 @@ fn concurrent_readers_appender_and_syncer() {
     }
     assert_eq!(log.sync().expect("sync"), 200);
 }
+
+#[test]
+fn reset_starts_the_log_over_at_an_offset_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = open(dir.path(), 1000);
+    append_batches(&log, 20, 3, 1000);
+    assert!(log.segment_count() > 1);
+    log.reset_to(500).expect("reset");
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!((log.log_start_offset(), log.next_offset()), (500, 500));
+    assert_eq!(log.last_index(), 0, "no entries");
+    // Entries continue at any index, offsets at 500.
+    let e = batch_entry(7, 91, 500, 2, 5_000, 10);
+    log.append(std::slice::from_ref(&e))
+        .expect("append after reset");
+    log.sync().expect("sync");
+    assert_eq!(
+        (log.first_index(), log.last_index(), log.next_offset()),
+        (91, 91, 502)
+    );
+    let r = log.read(500, usize::MAX, i64::MAX).expect("read");
+    assert_eq!(r.data.as_ref(), e.payload.as_ref());
+    assert!(matches!(
+        log.read(10, usize::MAX, i64::MAX),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    // Unclean reopen (no close): the same state comes back.
+    let log = open(dir.path(), 1000);
+    assert_eq!((log.log_start_offset(), log.next_offset()), (500, 502));
+    assert_eq!((log.first_index(), log.last_index()), (91, 91));
+    // And a reset to an empty log survives a reopen too.
+    log.reset_to(900).expect("reset");
+    log.close().expect("close");
+    drop(log);
+    let log = open(dir.path(), 1000);
+    assert_eq!(
+        (log.log_start_offset(), log.next_offset(), log.last_index()),
+        (900, 900, 0)
+    );
+}

@@ -1,0 +1,223 @@
+//! Transactions against a real `sluice` process: an rdkafka transactional producer, with the
+//! coordinator's view checked through DescribeTransactions and ListTransactions, the last
+//! stable offset through ListOffsets, and the coordinator's error codes through raw requests.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_tests::*;
+
+fn s(x: &str) -> StrBytes {
+    StrBytes::from_string(x.to_string())
+}
+
+fn describe(raw: &mut Raw, id: &str) -> describe_transactions_response::TransactionState {
+    let r: DescribeTransactionsResponse = raw.call(
+        ApiKey::DescribeTransactions,
+        0,
+        &DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(s(id))]),
+    );
+    r.transaction_states.into_iter().next().expect("one state")
+}
+
+fn latest(raw: &mut Raw, topic: &str, isolation: i8) -> i64 {
+    let r: ListOffsetsResponse = raw.call(
+        ApiKey::ListOffsets,
+        5,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(isolation)
+            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ])]),
+    );
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_state_follows_the_transaction() {
+    let node = Node::start_default();
+    let boot = node.bootstrap();
+    create_topic(&boot, "txn-state", 1, &[]).await;
+    let mut raw = Raw::connect(node.kafka_addr());
+
+    // Unknown ids are reported as such.
+    assert_eq!(describe(&mut raw, "nobody").error_code, 105);
+
+    let mut cfg = client_config(&boot);
+    cfg.set("transactional.id", "txn-state-producer");
+    let producer: BaseProducer = cfg.create().expect("producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init");
+    let st = describe(&mut raw, "txn-state-producer");
+    assert_eq!(st.error_code, 0);
+    assert_eq!(st.transaction_state.as_str(), "Empty");
+    assert!(st.producer_id.0 >= 0);
+
+    producer.begin_transaction().expect("begin");
+    for i in 0..5 {
+        let v = format!("v{i}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("txn-state")
+                    .payload(&v)
+                    .partition(0),
+            )
+            .expect("send");
+    }
+    producer.flush(timeout).expect("flush");
+    let st = describe(&mut raw, "txn-state-producer");
+    assert_eq!(st.transaction_state.as_str(), "Ongoing");
+    assert!(st.transaction_start_time_ms > 0);
+    assert_eq!(st.topics.len(), 1);
+    assert_eq!(st.topics[0].topic.0.as_str(), "txn-state");
+    assert_eq!(st.topics[0].partitions, vec![0]);
+
+    // The open transaction holds the last stable offset at its first record.
+    assert_eq!(latest(&mut raw, "txn-state", 0), 5, "read_uncommitted end");
+    assert_eq!(
+        latest(&mut raw, "txn-state", 1),
+        0,
+        "read_committed end (LSO)"
+    );
+
+    let listed: ListTransactionsResponse = raw.call(
+        ApiKey::ListTransactions,
+        1,
+        &ListTransactionsRequest::default()
+            .with_state_filters(vec![s("Ongoing"), s("NoSuchState")])
+            .with_duration_filter(-1),
+    );
+    assert_eq!(listed.error_code, 0);
+    assert_eq!(listed.unknown_state_filters, vec![s("NoSuchState")]);
+    assert!(listed
+        .transaction_states
+        .iter()
+        .any(|t| t.transactional_id.0.as_str() == "txn-state-producer"
+            && t.transaction_state.as_str() == "Ongoing"));
+
+    producer.commit_transaction(timeout).expect("commit");
+    let st = describe(&mut raw, "txn-state-producer");
+    assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
+    assert!(st.topics.is_empty());
+    // Five records and the commit marker: both ends move past the marker.
+    assert_eq!(latest(&mut raw, "txn-state", 0), 6);
+    assert_eq!(latest(&mut raw, "txn-state", 1), 6);
+    let m = node.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            "sluice_transactions_completed_total",
+            Some("result=\"commit\"")
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_requests_get_kafka_error_codes() {
+    let node = Node::start_default();
+    create_topic(&node.bootstrap(), "raw-txn-topic", 1, &[]).await;
+    let mut raw = Raw::connect(node.kafka_addr());
+    let id = TransactionalId(s("raw-txn"));
+
+    // A timeout above transaction.max.timeout.ms is refused.
+    let r: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(id.clone()))
+            .with_transaction_timeout_ms(3_600_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(r.error_code, 50, "INVALID_TRANSACTION_TIMEOUT");
+
+    let init = |raw: &mut Raw| -> InitProducerIdResponse {
+        raw.call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(id.clone()))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+    };
+    let first = init(&mut raw);
+    assert_eq!(first.error_code, 0);
+    let second = init(&mut raw);
+    assert_eq!(second.error_code, 0);
+    assert_eq!(second.producer_id, first.producer_id);
+    assert_eq!(
+        second.producer_epoch,
+        first.producer_epoch + 1,
+        "epoch bumped"
+    );
+
+    let add = |raw: &mut Raw, pid: ProducerId, epoch: i16, topic: &str| -> i16 {
+        let r: AddPartitionsToTxnResponse = raw.call(
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id.clone())
+                .with_v3_and_below_producer_id(pid)
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(vec![0]),
+                ]),
+        );
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+    };
+    // The fenced epoch, a wrong producer id, an unknown topic.
+    let t = "raw-txn-topic";
+    assert_eq!(
+        add(&mut raw, first.producer_id, first.producer_epoch, t),
+        90
+    );
+    let other = ProducerId(first.producer_id.0 + 7);
+    assert_eq!(add(&mut raw, other, second.producer_epoch, t), 49);
+    assert_eq!(
+        add(
+            &mut raw,
+            second.producer_id,
+            second.producer_epoch,
+            "no-such-topic"
+        ),
+        3
+    );
+
+    // EndTxn without a transaction is an invalid state transition.
+    let r: EndTxnResponse = raw.call(
+        ApiKey::EndTxn,
+        3,
+        &EndTxnRequest::default()
+            .with_transactional_id(id.clone())
+            .with_producer_id(second.producer_id)
+            .with_producer_epoch(second.producer_epoch)
+            .with_committed(true),
+    );
+    assert_eq!(r.error_code, 48, "INVALID_TXN_STATE");
+
+    // FindCoordinator for a transactional id answers this node.
+    let r: FindCoordinatorResponse = raw.call(
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(s("raw-txn"))
+            .with_key_type(1),
+    );
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.port, i32::from(node.kafka_addr().port()));
+}
