@@ -49,3 +49,28 @@ def claimed_leader(topic, partition=0):
 
 def local_cluster(*args):
     subprocess.run([SCRIPT, *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+
+
+def java_hash(s):
+    """Java's String.hashCode of s (a signed 32-bit int)."""
+    h = 0
+    units = s.encode("utf-16-be")
+    for i in range(0, len(units), 2):
+        h = (31 * h + int.from_bytes(units[i:i + 2], "big")) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def partition_for(key, partitions):
+    """The partition of an internal topic (__consumer_offsets, __transaction_state) holding a
+    group or transactional id: abs(hashCode) mod the partition count, Kafka's Utils.abs."""
+    h = java_hash(key)
+    return (abs(h) if h != -(1 << 31) else 0) % partitions
+
+
+def partition_count(topic):
+    """How many partitions of `topic` the first node that answers lists; None if none does."""
+    for node in NODES:
+        doc = admin_get(node, "/v1/partitions")
+        if doc is not None:
+            return sum(1 for p in doc["partitions"] if p["topic"] == topic) or None
+    return None

@@ -52,3 +52,13 @@ if ! "$PY" "$ROOT/tests/cluster/coordinator.py"; then
     dump_logs
     exit 1
 fi
+echo "==> exactly-once consume-transform-produce with processor crashes"
+if ! "$PY" "$ROOT/tests/cluster/txn_exactly_once.py"; then
+    dump_logs
+    exit 1
+fi
+echo "==> transaction coordinator failover"
+if ! "$PY" "$ROOT/tests/cluster/txn_failover.py"; then
+    dump_logs
+    exit 1
+fi
