@@ -39,6 +39,9 @@ bench --mode produce --topic rf3-1k --partitions 6 --records "$((RECORDS / 4))" 
 bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))" \
   --record-size 100 --acks all --linger-ms 5 --txn-records 100 |
   sed 's/^{/{"phase":"3 nodes RF=3 transactional, 100 records per transaction, 100 B",/'
+bench --mode produce --topic rf3-txn8 --partitions 6 --records "$((RECORDS / 5))" \
+  --record-size 100 --acks all --linger-ms 5 --txn-records 100 --producers 8 |
+  sed 's/^{/{"phase":"3 nodes RF=3 transactional, 8 producers, 100 records per transaction",/'
 # 3. Latency at half the peak rate of phase 1.
 peak_rate="$(echo "$peak_json" | sed -n 's/.*"records_per_sec":\([0-9.]*\).*/\1/p')"
 half=$(awk -v r="$peak_rate" 'BEGIN { printf "%d", r / 2 }')

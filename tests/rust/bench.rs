@@ -330,6 +330,18 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// Serves delivery reports until nothing is in flight (librdkafka's own flush inside
+/// commit_transaction waits on its poll interval instead: ~100 ms per transaction).
+fn drain(producer: &BaseProducer<BenchContext>, deadline: Instant) -> anyhow::Result<()> {
+    while producer.in_flight_count() > 0 {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {} deliveries", producer.in_flight_count());
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// One producer's run; `k` tells producers of one run apart (transactional ids).
 fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
     let mut cfg = base_config(args);
@@ -388,6 +400,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         }
         if args.txn_records > 0 && i % args.txn_records == 0 {
             if i > 0 {
+                drain(&producer, deadline)?;
                 producer
                     .commit_transaction(txn_timeout)
                     .context("commit_transaction")?;
@@ -417,6 +430,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         }
     }
     if args.txn_records > 0 && args.records > 0 {
+        drain(&producer, deadline)?;
         producer
             .commit_transaction(txn_timeout)
             .context("commit_transaction")?;
