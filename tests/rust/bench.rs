@@ -335,7 +335,10 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
 fn drain(producer: &BaseProducer<BenchContext>, deadline: Instant) -> anyhow::Result<()> {
     while producer.in_flight_count() > 0 {
         if Instant::now() > deadline {
-            bail!("timed out waiting for {} deliveries", producer.in_flight_count());
+            bail!(
+                "timed out waiting for {} deliveries",
+                producer.in_flight_count()
+            );
         }
         producer.poll(Duration::from_millis(1));
     }
