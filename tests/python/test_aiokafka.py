@@ -149,7 +149,14 @@ def test_admin_topics_partitions_configs(topic):
             (resp,) = await admin.alter_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": "7200000"})])
             assert [r[0] for r in resp.resources] == [0], resp
-            assert (await describe_topic_configs(admin, topic))["retention.ms"]["config_value"] == "7200000"
+            # The node answering DescribeConfigs may not be the one that took the change;
+            # other nodes apply the metadata log moments later (as Kafka brokers do).
+            for _ in range(50):
+                seen = (await describe_topic_configs(admin, topic))["retention.ms"]["config_value"]
+                if seen == "7200000":
+                    break
+                await asyncio.sleep(0.2)
+            assert seen == "7200000"
 
             resp = await admin.create_partitions({topic: NewPartitions(3)})
             assert topic_errors(resp) == [(topic, 0)], resp
