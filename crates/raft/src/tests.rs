@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::{
     AdmitAll, Error, LogConfig, MemRouter, NodeId, Partition, PartitionOptions, ProposeOutcome,
-    RaftNode, Registry, Role,
+    RaftNode, Registry,
 };
 
 fn fast_config() -> openraft::Config {
@@ -410,27 +410,14 @@ async fn tcp_node(
 async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        // The leader in the highest term any node knows of (a deposed leader may not have
-        // heard of the newer term yet), once every running replica agrees on it.
-        let top = nodes
-            .values()
-            .map(|n| n.parts[g].role())
-            .max_by_key(|r| r.term);
-        if let Some(Role {
-            leader: Some(l),
-            term,
-        }) = top
-        {
-            let agreed = nodes.values().all(|n| {
-                n.parts[g].role()
-                    == Role {
-                        leader: Some(l),
-                        term,
-                    }
-            });
-            if agreed && nodes.get(&l).is_some_and(|n| n.parts[g].is_leader()) {
-                return l;
-            }
+        // The replica claiming leadership in the highest term (a deposed leader may still
+        // claim an older one until it hears of the newer term).
+        let claim = nodes
+            .iter()
+            .filter(|(_, n)| n.parts[g].is_leader())
+            .max_by_key(|(_, n)| n.parts[g].role().term);
+        if let Some((id, _)) = claim {
+            return *id;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
