@@ -67,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
             i64::from(h.last_offset_delta),
             i64::from(h.records_count) - 1
         );
-        assert!(!h.is_control() && !h.is_transactional());
+        assert!(!h.is_control(), "a control batch was accepted from a client");
+        assert!(
+            !h.is_transactional() || h.producer_id >= 0,
+            "a transactional batch without a producer id was accepted"
+        );
         count += h.records_count as u64;
         match log_append_time {
             None => assert_eq!(&b[..], original, "batch changed without LogAppendTime"),
@@ -97,8 +101,9 @@ fn build_and_mutate(input: &mut Cursor<'_>, refix_crc: bool) -> (Vec<u8>, bool) 
     let mut acceptable = true;
     for i in 0..1 + input.u8() % 3 {
         let attributes = i16::from(input.u8());
-        // Control (0x20) and transactional (0x10) batches are refused from clients, and so
-        // are codec ids Kafka does not define (5-7 in the low three bits).
+        // Control (0x20) batches are refused from clients, and so are transactional (0x10)
+        // ones without a producer id (these are built with -1) and codec ids Kafka does not
+        // define (5-7 in the low three bits).
         acceptable &= attributes & 0x30 == 0 && attributes & 0x7 <= 4;
         out.extend_from_slice(&build_batch(&BatchSpec {
             base_offset: i64::from(i),
