@@ -2,8 +2,9 @@
 //!
 //! The table is a [`raft::BatchFilter`]: it runs in log order on the proposing replica, before
 //! an offset is assigned, so a duplicate batch is answered with its original offsets and never
-//! written twice, and an out-of-order sequence is refused. Its state is rebuilt from the tail
-//! of the log when a partition opens.
+//! written twice, and an out-of-order sequence is refused. Every replica keeps a copy fed
+//! from its applied batches and saved every so often (see `raft::BatchFilter`), so a new
+//! leader or a restarted node rebuilds it from that state plus a short log tail.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -83,6 +84,38 @@ pub struct ProducerTable {
     producers: HashMap<i64, ProducerEntry>,
 }
 
+/// Format of [`BatchFilter::save`]: this byte, then per producer its id (i64), epoch (i16),
+/// batch count (u8) and per batch first and last sequence (i32) and base offset (i64), all
+/// big-endian.
+const STATE_VERSION: u8 = 1;
+
+fn decode_state(mut b: &[u8]) -> Option<HashMap<i64, ProducerEntry>> {
+    fn take<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
+        let (head, rest) = b.split_first_chunk::<N>()?;
+        *b = rest;
+        Some(*head)
+    }
+    if take::<1>(&mut b)? != [STATE_VERSION] {
+        return None;
+    }
+    let mut producers = HashMap::new();
+    while !b.is_empty() {
+        let pid = i64::from_be_bytes(take(&mut b)?);
+        let epoch = i16::from_be_bytes(take(&mut b)?);
+        let [n] = take::<1>(&mut b)?;
+        let mut batches = VecDeque::with_capacity(usize::from(n));
+        for _ in 0..n {
+            batches.push_back(BatchMeta {
+                first_seq: i32::from_be_bytes(take(&mut b)?),
+                last_seq: i32::from_be_bytes(take(&mut b)?),
+                base_offset: i64::from_be_bytes(take(&mut b)?),
+            });
+        }
+        producers.insert(pid, ProducerEntry { epoch, batches });
+    }
+    Some(producers)
+}
+
 fn seq_after(last: i32) -> i32 {
     if last == i32::MAX {
         0
@@ -150,6 +183,37 @@ impl BatchFilter for ProducerTable {
         self.producers.clear();
     }
 
+    fn save(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.producers.len() * (11 + 16));
+        out.push(STATE_VERSION);
+        for (pid, entry) in &self.producers {
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.push(entry.batches.len() as u8);
+            for b in &entry.batches {
+                out.extend_from_slice(&b.first_seq.to_be_bytes());
+                out.extend_from_slice(&b.last_seq.to_be_bytes());
+                out.extend_from_slice(&b.base_offset.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    fn load(&mut self, state: &[u8]) -> bool {
+        self.producers.clear();
+        match decode_state(state) {
+            Some(producers) => {
+                self.producers = producers;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn fresh(&self) -> Box<dyn BatchFilter> {
+        Box::new(ProducerTable::default())
+    }
+
     fn appended(&mut self, batch: &[u8], base_offset: i64, _last_offset: i64) {
         let Ok(h) = BatchHeader::parse(batch) else {
             return;
@@ -180,5 +244,68 @@ impl BatchFilter for ProducerTable {
         while entry.batches.len() > REMEMBERED_BATCHES {
             entry.batches.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::batch::testutil::{build_control_batch, build_producer_batch};
+
+    fn append(t: &mut ProducerTable, b: &[u8], base: i64) {
+        let h = BatchHeader::parse(b).expect("batch");
+        t.appended(b, base, base + i64::from(h.last_offset_delta));
+    }
+
+    #[test]
+    fn saved_state_gives_the_same_verdicts() {
+        let mut t = ProducerTable::default();
+        // Producer 7: two batches of 3 records at offsets 10 and 20.
+        append(&mut t, &build_producer_batch(0, 3, 7, 0, 0), 10);
+        append(&mut t, &build_producer_batch(0, 3, 7, 0, 3), 20);
+        // Producer 8 fenced to epoch 2 by a marker.
+        append(&mut t, &build_producer_batch(0, 1, 8, 1, 0), 30);
+        append(&mut t, &build_control_batch(0, 8, 2, 0), 31);
+
+        let mut u = ProducerTable::default();
+        assert!(u.load(&t.save()));
+        assert_eq!(u.save().len(), t.save().len());
+        for table in [&mut t, &mut u] {
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 3, 7, 0, 3)),
+                Admit::Duplicate { base_offset: 20 }
+            );
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 1, 7, 0, 7)),
+                Admit::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            );
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 1, 7, 0, 6)),
+                Admit::Append
+            );
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 1, 8, 1, 1)),
+                Admit::Reject(INVALID_PRODUCER_EPOCH)
+            );
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 1, 9, 0, 4)),
+                Admit::Reject(UNKNOWN_PRODUCER_ID)
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_state_is_refused_and_clears() {
+        let mut t = ProducerTable::default();
+        append(&mut t, &build_producer_batch(0, 3, 7, 0, 0), 10);
+        let saved = t.save();
+        let mut u = ProducerTable::default();
+        append(&mut u, &build_producer_batch(0, 1, 5, 0, 0), 0);
+        assert!(!u.load(&saved[..saved.len() - 1]), "truncated state");
+        assert!(u.producers.is_empty());
+        assert!(!u.load(&[9]), "unknown version");
+        assert!(!u.load(&[]), "empty");
+        assert!(u.load(&[STATE_VERSION]), "no producers");
+        assert!(u.producers.is_empty());
     }
 }

@@ -247,7 +247,7 @@ impl TxnCoordinator {
             self.persist(id, &meta).await?;
             *guard = Some(meta.clone());
             drop(guard);
-            self.finish(broker, id).await?;
+            self.finish(broker, id, None).await?;
             guard = slot.lock().await;
             meta = guard.clone().ok_or(codes::NOT_COORDINATOR)?;
             if meta.status.preparing() {
@@ -371,8 +371,12 @@ impl TxnCoordinator {
         *guard = Some(meta);
         drop(guard);
         let (c, b, id2) = (self.clone(), broker.clone(), id.to_string());
-        let markers = tokio::spawn(async move { c.finish(&b, &id2).await });
-        // The decision is durable: the client may go on even if markers take longer.
+        let (written, markers) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move { c.finish(&b, &id2, Some(written)).await });
+        // Answered once every marker is written: the Complete record follows under the id's
+        // lock, so the id's next request waits for it rather than seeing the transaction
+        // still preparing. The decision is durable: after 10 s the client may go on while
+        // the markers are retried.
         let _ = tokio::time::timeout(Duration::from_secs(10), markers).await;
         Ok(())
     }
@@ -380,7 +384,13 @@ impl TxnCoordinator {
     /// Writes the markers of a prepared transaction until every partition has one, then
     /// records it complete. Stops (leaving it to the next coordinator) when this node no
     /// longer serves the id.
-    async fn finish(&self, broker: &Arc<Broker>, id: &str) -> Result<(), i16> {
+    /// `written` hears once the markers are written and the Complete record is about to be.
+    async fn finish(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        written: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), i16> {
         let slot = self.slot(id);
         let meta = slot.lock().await.clone().ok_or(codes::NOT_COORDINATOR)?;
         if !meta.status.preparing() {
@@ -424,6 +434,9 @@ impl TxnCoordinator {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
         let mut guard = slot.lock().await;
+        if let Some(w) = written {
+            let _ = w.send(());
+        }
         let Some(mut done) = guard.clone() else {
             return Err(codes::NOT_COORDINATOR);
         };
@@ -489,7 +502,7 @@ impl TxnCoordinator {
             *guard = Some(next);
             drop(guard);
             let (c, b) = (self.clone(), broker.clone());
-            tokio::spawn(async move { c.finish(&b, &id).await });
+            tokio::spawn(async move { c.finish(&b, &id, None).await });
         }
     }
 
@@ -576,7 +589,7 @@ impl TxnCoordinator {
         }
         for id in prepared {
             let (c, b) = (self.clone(), broker.clone());
-            tokio::spawn(async move { c.finish(&b, &id).await });
+            tokio::spawn(async move { c.finish(&b, &id, None).await });
         }
     }
 
@@ -752,15 +765,9 @@ async fn send_markers(broker: &Arc<Broker>, markers: Vec<Marker>) -> Vec<(Marker
             Some(l) => by_node.entry(l).or_default().push(m),
         }
     }
-    let mut remote = Vec::new();
-    for (node, ms) in by_node {
-        if node == me {
-            out.extend(write_markers_local(broker, ms).await);
-        } else {
-            remote.push((node, ms));
-        }
-    }
-    let calls = remote.into_iter().map(|(node, ms)| {
+    let local = by_node.remove(&me).unwrap_or_default();
+    // Markers for this node's partitions are written while the others are in flight.
+    let calls = by_node.into_iter().map(|(node, ms)| {
         let broker = broker.clone();
         async move {
             let body = Bytes::from(serde_json::to_vec(&ms).expect("serialisable"));
@@ -783,7 +790,18 @@ async fn send_markers(broker: &Arc<Broker>, markers: Vec<Marker>) -> Vec<(Marker
             }
         }
     });
-    for r in futures_util::future::join_all(calls).await {
+    let (here, there) = tokio::join!(
+        async {
+            if local.is_empty() {
+                Vec::new()
+            } else {
+                write_markers_local(broker, local).await
+            }
+        },
+        futures_util::future::join_all(calls)
+    );
+    out.extend(here);
+    for r in there {
         out.extend(r);
     }
     out

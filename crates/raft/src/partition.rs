@@ -25,7 +25,7 @@ use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::BasicNode;
 use openraft::Instant as _;
 use storage::batch::{self, BatchHeader};
-use storage::{EntryKind, MetaStore, PartitionLog};
+use storage::{MetaStore, PartitionLog};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use storage::{FsyncPolicy, LogConfig};
@@ -38,10 +38,9 @@ use crate::{Error, Result};
 /// How many proposals the proposer takes at once.
 const MAX_GROUP: usize = 4096;
 
-/// How many trailing log entries are replayed through the [`BatchFilter`] when a replica
-/// becomes leader, so that a producer retrying across a restart or failover is still
-/// recognised (idempotent producers keep at most five batches in flight per partition).
-const FILTER_REPLAY_ENTRIES: u64 = 10_000;
+/// When a replica opens without a snapshot of its batch filter (a data directory from
+/// before filter snapshots), how many trailing log entries rebuild it.
+pub(crate) const FILTER_REPLAY_ENTRIES: u64 = 10_000;
 
 /// The verdict of a [`BatchFilter`] on one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +55,12 @@ pub enum Admit {
 
 /// Admission check run on the leader, in log order, before an offset is assigned.
 /// The broker implements it with its idempotent-producer table.
+///
+/// Every replica also keeps a second instance ([`BatchFilter::fresh`]) fed with the batches
+/// it applies, saved with [`BatchFilter::save`] next to the transaction index. A replica
+/// that becomes leader starts from a copy of that applied state and replays only the log
+/// entries after it; a restart starts from the saved state and replays the entries applied
+/// after it. Neither reads the whole log.
 pub trait BatchFilter: Send + 'static {
     /// Decide on a batch about to be appended (bytes as stored, offset not yet stamped).
     fn admit(&mut self, batch: &[u8]) -> Admit;
@@ -63,6 +68,13 @@ pub trait BatchFilter: Send + 'static {
     fn appended(&mut self, batch: &[u8], base_offset: i64, last_offset: i64);
     /// Forget everything (the state is about to be rebuilt from the log).
     fn clear(&mut self);
+    /// The whole state as bytes.
+    fn save(&self) -> Vec<u8>;
+    /// Replaces the state with one [`BatchFilter::save`] made. False (and the state
+    /// cleared) when the bytes are not readable.
+    fn load(&mut self, state: &[u8]) -> bool;
+    /// An empty filter of the same kind.
+    fn fresh(&self) -> Box<dyn BatchFilter>;
 }
 
 /// A filter that admits everything.
@@ -74,6 +86,15 @@ impl BatchFilter for AdmitAll {
     }
     fn appended(&mut self, _batch: &[u8], _base_offset: i64, _last_offset: i64) {}
     fn clear(&mut self) {}
+    fn save(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn load(&mut self, _state: &[u8]) -> bool {
+        true
+    }
+    fn fresh(&self) -> Box<dyn BatchFilter> {
+        Box::new(AdmitAll)
+    }
 }
 
 /// What happened to one proposed batch.
@@ -266,8 +287,14 @@ impl Partition {
         };
         let log = PartitionLog::open(dir, options.log)?;
         let node = options.node;
-        let shared = Shared::new(log, node.meta.clone(), options.group.clone(), fsync_always)
-            .map_err(|e| Error::Failed(e.to_string()))?;
+        let shared = Shared::new(
+            log,
+            node.meta.clone(),
+            options.group.clone(),
+            fsync_always,
+            filter.fresh(),
+        )
+        .map_err(|e| Error::Failed(e.to_string()))?;
         let sm = StateMachine::open(shared.clone()).map_err(|e| Error::Failed(e.to_string()))?;
         if options.voters.len() == 1 && options.voters.contains_key(&node.id) {
             // A lone voter's log is committed as a whole once it leads again (nobody can
@@ -436,6 +463,12 @@ impl Partition {
     /// Who leads, as this replica last saw it.
     pub fn role(&self) -> Role {
         *self.inner.role.borrow()
+    }
+
+    /// How many log entries the last rebuild of the batch filter read (at open, or when this
+    /// replica last became leader): bounded by the snapshot interval, never the whole log.
+    pub fn filter_replayed(&self) -> u64 {
+        self.inner.shared.filter_replayed.load(Ordering::Relaxed)
     }
 
     /// Whether this replica leads its group.
@@ -632,8 +665,8 @@ impl Partition {
         // The driver may not have started the group: close the log here too (idempotent).
         let shared = self.inner.shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = shared.save_txn_snapshot() {
-                tracing::warn!(error = %e, "saving the transaction index");
+            if let Err(e) = shared.save_snapshots() {
+                tracing::warn!(error = %e, "saving the transaction index and producer state");
             }
             shared.log.close()
         })
@@ -844,10 +877,9 @@ async fn propose_one(
             return;
         }
         inner.refused.store(false, Ordering::Release);
-        filter.clear();
         let log = &inner.shared.log;
-        if let Err(e) = replay_filter(log, filter) {
-            let _ = p.reply.send(Err(e));
+        if let Err(e) = inner.shared.lead_filter(filter) {
+            let _ = p.reply.send(Err(Error::Failed(e.to_string())));
             return;
         }
         *lead = Some(Lead {
@@ -1092,30 +1124,6 @@ fn write_error(e: ClientWriteError<crate::types::TypeConfig>, me: NodeId) -> Err
         ClientWriteError::PreconditionFailed(_) => Error::NotLeader { leader: None },
         other => Error::Failed(other.to_string()),
     }
-}
-
-/// Feeds the tail of the log through the filter so its state survives a restart or failover.
-fn replay_filter(log: &PartitionLog, filter: &mut dyn BatchFilter) -> Result<()> {
-    let last = log.last_index();
-    if last == 0 {
-        return Ok(());
-    }
-    let mut from = log
-        .first_index()
-        .max(last.saturating_sub(FILTER_REPLAY_ENTRIES) + 1);
-    while from <= last {
-        let entries = log.entries(from, last + 1, 8 << 20)?;
-        let Some(tail) = entries.last() else { break };
-        from = tail.index + 1;
-        for e in &entries {
-            if e.kind == EntryKind::Batch {
-                if let Ok(h) = BatchHeader::parse(&e.payload) {
-                    filter.appended(&e.payload, h.base_offset, h.last_offset());
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn interval_flusher(inner: std::sync::Weak<Inner>, every: Duration) {

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -35,6 +35,7 @@ use storage::batch::{self, BatchHeader};
 use storage::{EntryKind, MetaStore, PartitionLog};
 use tokio::sync::{mpsc, watch};
 
+use crate::partition::{BatchFilter, FILTER_REPLAY_ENTRIES};
 use crate::txn::{AbortedTxn, TxnIndex, TxnSnapshot, SNAPSHOT_EVERY};
 use crate::types::{
     from_stored, log_id, to_stored, Applied, LogId, RaftEntryOf, Snapshot, SnapshotMeta,
@@ -73,6 +74,18 @@ pub(crate) struct Shared {
     /// The offset below which this replica's own log is durable as its fsync policy makes
     /// it (fsynced under `always`, written under `interval`): acks=1 answers from it.
     pub durable: watch::Sender<i64>,
+    /// The batch filter as of the applied entries (see [`crate::BatchFilter`]).
+    pub applied_filter: Mutex<AppliedFilter>,
+    /// Log entries read by the last rebuild of a batch filter.
+    pub filter_replayed: AtomicU64,
+}
+
+/// A batch filter fed from the state machine, and the log index it has seen up to.
+pub(crate) struct AppliedFilter {
+    pub filter: Box<dyn BatchFilter>,
+    /// Log index of the last entry it has seen (0: none); entries up to it are skipped when
+    /// applied again (after a restart that resumed from an older committed point).
+    pub index: u64,
 }
 
 impl Shared {
@@ -81,6 +94,7 @@ impl Shared {
         meta: MetaStore,
         key: String,
         fsync_always: bool,
+        applied_filter: Box<dyn BatchFilter>,
     ) -> io::Result<Arc<Shared>> {
         let (syncer, rx) = mpsc::unbounded_channel();
         let (hw, _) = watch::channel(log.log_start_offset());
@@ -95,6 +109,11 @@ impl Shared {
             txn: Mutex::new(TxnIndex::default()),
             first_unstable: AtomicI64::new(i64::MAX),
             durable,
+            applied_filter: Mutex::new(AppliedFilter {
+                filter: applied_filter,
+                index: 0,
+            }),
+            filter_replayed: AtomicU64::new(0),
         });
         tokio::spawn(sync_loop(Arc::downgrade(&shared), rx));
         Ok(shared)
@@ -236,9 +255,87 @@ impl Shared {
         }
     }
 
+    /// Saves the transaction index and the applied batch filter.
+    pub fn save_snapshots(&self) -> io::Result<()> {
+        self.save_txn_snapshot()?;
+        self.save_filter()
+    }
+
+    /// Saves the applied batch filter: the log index it is valid at, then its state.
+    fn save_filter(&self) -> io::Result<()> {
+        let mut v = {
+            let f = self.applied_filter.lock();
+            let mut v = Vec::with_capacity(64);
+            v.extend_from_slice(&f.index.to_be_bytes());
+            v.extend_from_slice(&f.filter.save());
+            v
+        };
+        v.shrink_to_fit();
+        self.meta
+            .put_relaxed(CF, &self.k("producers"), &v)
+            .map_err(io::Error::other)
+    }
+
+    /// Rebuilds the applied batch filter at start-up: the saved state, then the log entries
+    /// after it up to `applied` (a log index). Without a saved state (or an unreadable one),
+    /// the last [`FILTER_REPLAY_ENTRIES`] entries.
+    fn recover_filter(&self, applied: u64) -> io::Result<()> {
+        let mut f = self.applied_filter.lock();
+        f.filter.clear();
+        f.index = 0;
+        let saved = self
+            .meta
+            .get(CF, &self.k("producers"))
+            .map_err(io::Error::other)?;
+        let mut from = applied.saturating_sub(FILTER_REPLAY_ENTRIES) + 1;
+        if let Some(v) = saved.filter(|v| v.len() >= 8) {
+            let index = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            if f.filter.load(&v[8..]) {
+                f.index = index;
+                from = index + 1;
+            } else {
+                tracing::warn!(group = %self.key, "unreadable producer state: rebuilding it from the log tail");
+            }
+        }
+        let replayed = replay(&self.log, f.filter.as_mut(), from, applied)?;
+        f.index = f.index.max(applied);
+        self.filter_replayed.store(replayed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sets a leader's batch filter to the applied state plus every log entry after it (the
+    /// writes not yet committed).
+    pub fn lead_filter(&self, filter: &mut dyn BatchFilter) -> io::Result<()> {
+        let (index, state) = {
+            let f = self.applied_filter.lock();
+            (f.index, f.filter.save())
+        };
+        if !filter.load(&state) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the batch filter could not load its own saved state",
+            ));
+        }
+        let replayed = replay(&self.log, filter, index + 1, self.log.last_index())?;
+        self.filter_replayed.store(replayed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Feeds an applied entry to the applied batch filter (once per log index).
+    fn apply_filter(&self, log_index: u64, batch: Option<(&[u8], &BatchHeader)>) {
+        let mut f = self.applied_filter.lock();
+        if log_index <= f.index {
+            return;
+        }
+        f.index = log_index;
+        if let Some((data, h)) = batch {
+            f.filter.appended(data, h.base_offset, h.last_offset());
+        }
+    }
+
     /// Saves the open transactions as of the high watermark, and forgets aborted
     /// transactions retention has removed.
-    pub fn save_txn_snapshot(&self) -> io::Result<()> {
+    fn save_txn_snapshot(&self) -> io::Result<()> {
         let hw = *self.hw.borrow();
         let start = self.log.log_start_offset();
         let (snapshot, trimmed) = {
@@ -281,7 +378,14 @@ impl Shared {
 /// Deletes the Raft state of group `key` from the metadata store (vote, purge point,
 /// membership, committed hint): a group created later under the same name starts afresh.
 pub fn forget(meta: &MetaStore, key: &str) -> io::Result<()> {
-    for what in ["vote", "purged", "membership", "committed", "txn"] {
+    for what in [
+        "vote",
+        "purged",
+        "membership",
+        "committed",
+        "txn",
+        "producers",
+    ] {
         meta.delete(CF, format!("{key}/{what}").as_bytes())
             .map_err(io::Error::other)?;
     }
@@ -293,6 +397,34 @@ pub fn forget(meta: &MetaStore, key: &str) -> io::Result<()> {
         meta.delete(CF, &k).map_err(io::Error::other)?;
     }
     Ok(())
+}
+
+/// Feeds the batches of log entries `from..=to` (log indexes; clamped to the log) to
+/// `filter`. Returns how many entries it read.
+fn replay(log: &PartitionLog, filter: &mut dyn BatchFilter, from: u64, to: u64) -> io::Result<u64> {
+    let first = log.first_index();
+    if first == 0 {
+        return Ok(0);
+    }
+    let mut from = from.max(first);
+    let to = to.min(log.last_index());
+    let mut read = 0;
+    while from <= to {
+        let entries = log
+            .entries(from, to + 1, 8 << 20)
+            .map_err(io::Error::other)?;
+        let Some(tail) = entries.last() else { break };
+        from = tail.index + 1;
+        read += entries.len() as u64;
+        for e in &entries {
+            if e.kind == EntryKind::Batch {
+                if let Ok(h) = BatchHeader::parse(&e.payload) {
+                    filter.appended(&e.payload, h.base_offset, h.last_offset());
+                }
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// fsyncs appended entries (group commit: one fsync for everything queued) and reports them
@@ -504,8 +636,8 @@ pub(crate) struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshot: Arc<Mutex<Option<(SnapshotMeta, SnapshotBody)>>>,
-    /// Batches applied since the transaction index was last saved.
-    txn_batches: u64,
+    /// Batches applied since the transaction index and the batch filter were last saved.
+    since_snapshot: u64,
 }
 
 impl StateMachine {
@@ -534,12 +666,13 @@ impl StateMachine {
         };
         shared.set_hw(hw);
         shared.recover_txns(hw)?;
+        shared.recover_filter(applied.map_or(0, |a| to_log(a.index)))?;
         Ok(StateMachine {
             shared,
             applied,
             membership,
             snapshot: Arc::new(Mutex::new(None)),
-            txn_batches: 0,
+            since_snapshot: 0,
         })
     }
 }
@@ -569,13 +702,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     if h.is_transactional() {
                         self.shared.apply_txn(&b.0, &h)?;
                     }
-                    self.txn_batches += 1;
+                    self.shared
+                        .apply_filter(to_log(id.index), Some((&b.0[..], &h)));
+                    self.since_snapshot += 1;
                     Applied {
                         offsets: Some((h.base_offset, h.last_offset())),
                     }
                 }
-                EntryPayload::Blank => Applied::default(),
+                EntryPayload::Blank => {
+                    self.shared.apply_filter(to_log(id.index), None);
+                    Applied::default()
+                }
                 EntryPayload::Membership(m) => {
+                    self.shared.apply_filter(to_log(id.index), None);
                     self.membership = StoredMembership::new(Some(id), m.clone());
                     self.shared.save("membership", &self.membership, true)?;
                     Applied::default()
@@ -593,9 +732,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(hw) = hw {
             self.shared.set_hw(hw);
         }
-        if self.txn_batches >= SNAPSHOT_EVERY {
-            self.txn_batches = 0;
-            self.shared.save_txn_snapshot()?;
+        if self.since_snapshot >= SNAPSHOT_EVERY {
+            self.since_snapshot = 0;
+            self.shared.save_snapshots()?;
         }
         Ok(())
     }
@@ -636,6 +775,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(io::Error::other)?;
             self.shared.save("purged", &last, true)?;
             *self.shared.txn.lock() = TxnIndex::default();
+            {
+                // The entries between this replica's log and the snapshot are gone everywhere:
+                // the producers they would have told about are unknown from here on.
+                let mut f = self.shared.applied_filter.lock();
+                f.filter.clear();
+                f.index = to_log(last.index);
+            }
             self.shared
                 .first_unstable
                 .store(i64::MAX, Ordering::Release);
@@ -650,7 +796,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => body.next_offset,
         };
         self.shared.set_hw(hw);
-        self.shared.save_txn_snapshot()?;
+        self.shared.save_snapshots()?;
         *self.snapshot.lock() = Some((meta.clone(), body));
         Ok(())
     }

@@ -11,8 +11,8 @@ use storage::MetaStore;
 use tempfile::TempDir;
 
 use crate::{
-    AdmitAll, Error, LogConfig, MemRouter, NodeId, Partition, PartitionOptions, ProposeOutcome,
-    RaftNode, Registry,
+    Admit, AdmitAll, BatchFilter, Error, LogConfig, MemRouter, NodeId, Partition, PartitionOptions,
+    ProposeOutcome, RaftNode, Registry,
 };
 
 fn fast_config() -> openraft::Config {
@@ -36,6 +36,7 @@ struct Cluster {
     voters: BTreeMap<NodeId, String>,
     nodes: Vec<Replica>,
     log: LogConfig,
+    filter: fn() -> Box<dyn BatchFilter>,
 }
 
 impl Cluster {
@@ -44,6 +45,10 @@ impl Cluster {
     }
 
     fn with_log(n: u64, log: LogConfig) -> Cluster {
+        Cluster::build(n, log, || Box::new(AdmitAll))
+    }
+
+    fn build(n: u64, log: LogConfig, filter: fn() -> Box<dyn BatchFilter>) -> Cluster {
         let voters: BTreeMap<NodeId, String> = (1..=n).map(|i| (i, format!("node-{i}"))).collect();
         let nodes = (1..=n)
             .map(|id| {
@@ -62,6 +67,7 @@ impl Cluster {
             voters,
             nodes,
             log,
+            filter,
         };
         for id in 1..=n {
             c.start(id);
@@ -89,7 +95,7 @@ impl Cluster {
                 group: "t-0".into(),
                 voters: self.voters.clone(),
             },
-            Box::new(AdmitAll),
+            (self.filter)(),
         )
         .expect("open");
         r.part = Some(part);
@@ -731,4 +737,139 @@ async fn a_follower_behind_the_leaders_retention_starts_over_at_its_position() {
         .expect("commit");
     wait_hw(c.part(follower), 164).await;
     assert_eq!(contents(c.part(follower)).last(), Some(&(163, 1)));
+}
+
+/// A small idempotence filter: a batch whose (producer id, base sequence) was appended before
+/// is a duplicate of it.
+#[derive(Default)]
+struct SeqFilter {
+    seen: BTreeMap<(i64, i32), i64>,
+}
+
+impl BatchFilter for SeqFilter {
+    fn admit(&mut self, batch: &[u8]) -> Admit {
+        let h = BatchHeader::parse(batch).expect("batch");
+        match self.seen.get(&(h.producer_id, h.base_sequence)) {
+            Some(base) if h.producer_id >= 0 => Admit::Duplicate { base_offset: *base },
+            _ => Admit::Append,
+        }
+    }
+    fn appended(&mut self, batch: &[u8], base_offset: i64, _last_offset: i64) {
+        let h = BatchHeader::parse(batch).expect("batch");
+        if h.producer_id >= 0 {
+            self.seen
+                .insert((h.producer_id, h.base_sequence), base_offset);
+        }
+    }
+    fn clear(&mut self) {
+        self.seen.clear();
+    }
+    fn save(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.seen.iter().collect::<Vec<_>>()).expect("json")
+    }
+    fn load(&mut self, state: &[u8]) -> bool {
+        match serde_json::from_slice::<Vec<((i64, i32), i64)>>(state) {
+            Ok(v) => {
+                self.seen = v.into_iter().collect();
+                true
+            }
+            Err(_) => {
+                self.seen.clear();
+                false
+            }
+        }
+    }
+    fn fresh(&self) -> Box<dyn BatchFilter> {
+        Box::new(SeqFilter::default())
+    }
+}
+
+fn producer_batch(pid: i64, seq: i32) -> BytesMut {
+    BytesMut::from(&storage::batch::testutil::build_producer_batch(0, 1, pid, 0, seq)[..])
+}
+
+/// Plain batches in proposals of 500 until `n` are committed.
+async fn fill(p: &Partition, n: usize) {
+    for chunk in 0..n.div_ceil(500) {
+        let k = 500.min(n - chunk * 500);
+        let out = p
+            .propose((0..k).map(|i| batch(1, i as u64)).collect())
+            .await
+            .expect("commit");
+        assert_eq!(out.len(), k);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_knows_producers_from_far_back_in_the_log() {
+    let mut c = Cluster::build(3, LogConfig::default(), || Box::new(SeqFilter::default()));
+    let l = c.leader(None).await;
+    let out = c
+        .part(l)
+        .propose(vec![producer_batch(7, 0)])
+        .await
+        .expect("commit");
+    let first = offsets(&out)[0];
+    // Further back than any bounded tail replay would read.
+    fill(c.part(l), 12_000).await;
+    c.stop(l).await;
+    let l2 = c.leader(Some(l)).await;
+    let out = c
+        .part(l2)
+        .propose(vec![producer_batch(7, 0), producer_batch(7, 1)])
+        .await
+        .expect("commit");
+    assert_eq!(out[0], ProposeOutcome::Duplicate { base_offset: first });
+    assert!(matches!(out[1], ProposeOutcome::Appended { .. }));
+    let replayed = c.part(l2).filter_replayed();
+    assert!(
+        replayed < 2_000,
+        "the new leader read {replayed} log entries to rebuild its filter"
+    );
+
+    // The old leader restarts from its saved filter state plus the entries after it.
+    c.start(l);
+    let p = c.part(l);
+    wait_hw(p, c.part(l2).high_watermark()).await;
+    assert!(
+        p.filter_replayed() < 2_000,
+        "the restarted replica read {} log entries to rebuild its filter",
+        p.filter_replayed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_single_replica_resumes_its_producer_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+    let open = || {
+        Partition::open(
+            &dir.path().join("log"),
+            PartitionOptions::single(
+                LogConfig::default(),
+                RaftNode::single(1, meta.clone()),
+                "s-0",
+            ),
+            Box::new(SeqFilter::default()),
+        )
+        .expect("open")
+    };
+    let p = open();
+    let out = p.propose(vec![producer_batch(9, 0)]).await.expect("commit");
+    let first = offsets(&out)[0];
+    fill(&p, 3_000).await;
+    p.close().await;
+    drop(p);
+
+    let p = open();
+    assert!(
+        p.filter_replayed() < 100,
+        "a clean restart read {} log entries to rebuild the filter",
+        p.filter_replayed()
+    );
+    let out = p.propose(vec![producer_batch(9, 0)]).await.expect("commit");
+    assert_eq!(out[0], ProposeOutcome::Duplicate { base_offset: first });
+    // Becoming leader copied the applied state: only the entries after it were read.
+    assert!(p.filter_replayed() < 100, "{}", p.filter_replayed());
+    p.close().await;
 }

@@ -340,6 +340,21 @@ pub mod testutil {
         assemble(base_offset, ts, 0, (-1, -1, -1), recs)
     }
 
+    /// An idempotent (non-transactional) batch of `records` small records of producer
+    /// (`pid`, `epoch`), sequences from `seq`.
+    pub fn build_producer_batch(
+        base_offset: i64,
+        records: i32,
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+    ) -> Vec<u8> {
+        let recs = (0..records)
+            .map(|i| (None, format!("idem-{i}").into_bytes()))
+            .collect();
+        assemble(base_offset, 0, 0, (pid, epoch, seq), recs)
+    }
+
     /// A transactional batch of `records` small records of producer (`pid`, `epoch`),
     /// sequences from `seq`.
     pub fn build_txn_batch(
