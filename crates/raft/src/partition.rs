@@ -32,7 +32,7 @@ pub use storage::{FsyncPolicy, LogConfig};
 
 use crate::network::{BoxFut, CallError, GroupRaft, Network, Registry, Router};
 use crate::store::{LogStore, Shared, StateMachine};
-use crate::types::{BatchData, NodeId};
+use crate::types::{Command, NodeId, Payload};
 use crate::{Error, Result};
 
 /// How many proposals the proposer takes at once.
@@ -164,7 +164,11 @@ pub fn default_config() -> openraft::Config {
         election_timeout_min: 500,
         election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 0,
+        // Never purge on openraft's own after a snapshot is built (0 here purged every
+        // applied entry, so one retention pass deleted far more than its cut): retention and
+        // DeleteRecords purge exactly up to the cut they choose, through `purge_log`, which
+        // ignores this setting.
+        max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 1024,
         ..Default::default()
     }
@@ -588,9 +592,13 @@ impl Partition {
         self.inner.shared.log.size_bytes()
     }
 
-    /// DeleteRecords: moves the log start offset to `offset` (`-1` = the high watermark).
-    /// Returns the new log start offset. Local to this replica (not replicated yet).
-    pub fn delete_records(&self, offset: i64) -> Result<i64> {
+    /// DeleteRecords on the leader: replicates a new log start offset `offset` (`-1` = the
+    /// high watermark) through the group; answered once it is committed and applied here.
+    /// Every replica moves its log start when it applies it, and the whole segments below
+    /// it go through Raft's purge like retention's. Returns the new log start offset.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64> {
+        let raft = self.inner.raft.get().cloned().ok_or(Error::Closed)?;
+        current_term_as_leader(&self.inner, &raft).await?;
         let hw = self.high_watermark();
         let target = if offset == -1 { hw } else { offset };
         let start = self.log_start_offset();
@@ -601,10 +609,17 @@ impl Partition {
                 end: hw,
             });
         }
-        if target > start {
-            self.inner.shared.log.delete_records_before(target)?;
+        if target <= start {
+            return Ok(start);
         }
-        Ok(self.log_start_offset())
+        match raft
+            .client_write(Payload::Command(Command::LogStart(target)))
+            .await
+        {
+            Ok(_) => Ok(self.log_start_offset()),
+            Err(openraft::error::RaftError::APIError(e)) => Err(write_error(e, self.inner.node_id)),
+            Err(e) => Err(Error::Failed(e.to_string())),
+        }
     }
 
     /// The first committed batch whose max timestamp is `>= ts`, as stored.
@@ -909,7 +924,7 @@ async fn propose_one(
                 let flight = InFlight::new(inner);
                 let (responder, rx) = ProgressResponder::complete_only();
                 let submitted = raft
-                    .write(BatchData(b.freeze()))
+                    .write(Payload::Batch(b.freeze()))
                     .with_leader(CommittedLeaderId::new(term))
                     .responder(responder)
                     .await;

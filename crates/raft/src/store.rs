@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, watch};
 use crate::partition::{BatchFilter, FILTER_REPLAY_ENTRIES};
 use crate::txn::{AbortedTxn, TxnIndex, TxnSnapshot, SNAPSHOT_EVERY};
 use crate::types::{
-    from_stored, log_id, to_stored, Applied, LogId, RaftEntryOf, Snapshot, SnapshotMeta,
-    StoredMembership, TypeConfig, Vote,
+    from_stored, log_id, to_stored, Applied, Command, LogId, Payload, RaftEntryOf, Snapshot,
+    SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
 const CF: &str = "raft";
@@ -319,6 +319,24 @@ impl Shared {
         let replayed = replay(&self.log, filter, index + 1, self.log.last_index())?;
         self.filter_replayed.store(replayed, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Applies a replicated command.
+    fn apply_command(&self, c: Command) -> io::Result<()> {
+        match c {
+            Command::LogStart(offset) => {
+                // Proposed at most at the leader's high watermark, so every batch below it
+                // precedes this entry and is in this log; clamped all the same, as a failed
+                // apply would stop the group.
+                let offset = offset.min(self.log.next_offset());
+                let start = self
+                    .log
+                    .advance_log_start(offset)
+                    .map_err(io::Error::other)?;
+                tracing::debug!(group = %self.key, log_start = start, "DeleteRecords applied");
+                Ok(())
+            }
+        }
     }
 
     /// Feeds an applied entry to the applied batch filter (once per log index).
@@ -694,16 +712,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (entry, responder) = item?;
             let id = entry.log_id();
             let applied = match &entry.payload {
-                EntryPayload::Normal(b) => {
-                    let h = BatchHeader::parse(&b.0).map_err(|err| {
+                EntryPayload::Normal(Payload::Command(c)) => {
+                    self.shared.apply_filter(to_log(id.index), None);
+                    self.shared.apply_command(*c)?;
+                    Applied::default()
+                }
+                EntryPayload::Normal(Payload::Batch(b)) => {
+                    let h = BatchHeader::parse(b).map_err(|err| {
                         io::Error::new(io::ErrorKind::InvalidData, err.to_string())
                     })?;
                     hw = Some(h.last_offset() + 1);
                     if h.is_transactional() {
-                        self.shared.apply_txn(&b.0, &h)?;
+                        self.shared.apply_txn(b, &h)?;
                     }
                     self.shared
-                        .apply_filter(to_log(id.index), Some((&b.0[..], &h)));
+                        .apply_filter(to_log(id.index), Some((&b[..], &h)));
                     self.since_snapshot += 1;
                     Applied {
                         offsets: Some((h.base_offset, h.last_offset())),

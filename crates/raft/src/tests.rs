@@ -873,3 +873,82 @@ async fn a_restarted_single_replica_resumes_its_producer_state() {
     assert!(p.filter_replayed() < 100, "{}", p.filter_replayed());
     p.close().await;
 }
+
+/// Waits until replica `p` has log start `start`.
+async fn wait_log_start(p: &Partition, start: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.log_start_offset() != start {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log start {} never became {start}",
+            p.log_start_offset()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// DeleteRecords goes through the group: every replica moves its log start, a new leader
+/// and a restarted replica keep it, and retention purges the whole segments below it through
+/// Raft on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_is_replicated_and_purged_through_raft() {
+    let mut c = Cluster::with_log(
+        3,
+        LogConfig {
+            segment_bytes: 2048,
+            ..LogConfig::default()
+        },
+    );
+    let l = c.leader(None).await;
+    fill(c.part(l), 200).await;
+    let hw = c.part(l).high_watermark();
+    assert_eq!(hw, 200);
+    for id in 1..=3 {
+        wait_hw(c.part(id), hw).await;
+    }
+    assert!(matches!(
+        c.part(l).delete_records(hw + 1).await,
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    let follower = (1..=3).find(|i| *i != l).expect("a follower");
+    assert!(matches!(
+        c.part(follower).delete_records(10).await,
+        Err(Error::NotLeader { .. })
+    ));
+    assert_eq!(c.part(l).delete_records(150).await.expect("delete"), 150);
+    // Going back is a no-op that answers the current start.
+    assert_eq!(c.part(l).delete_records(20).await.expect("delete"), 150);
+    for id in 1..=3 {
+        wait_log_start(c.part(id), 150).await;
+        assert!(
+            c.part(id).read(100, usize::MAX).is_err(),
+            "replica {id} still serves offsets below the log start"
+        );
+    }
+    // Retention (no time or size limit) purges the segments wholly below offset 150.
+    for id in 1..=3 {
+        let p = c.part(id);
+        let before = p.size_bytes();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while p.size_bytes() >= before {
+            p.enforce_retention(0, None, None).await.expect("retention");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {id} never purged below the log start ({before} bytes)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(p.log_start_offset(), 150);
+        assert_eq!(contents(p).first().map(|b| b.0), Some(150));
+    }
+    // A new leader keeps the log start; so does a restarted replica.
+    c.stop(l).await;
+    let l2 = c.leader(Some(l)).await;
+    assert_eq!(c.part(l2).log_start_offset(), 150);
+    assert_eq!(c.part(l2).delete_records(-1).await.expect("delete"), 200);
+    c.start(l);
+    wait_log_start(c.part(l), 200).await;
+    c.stop(l).await;
+    c.start(l);
+    assert_eq!(c.part(l).log_start_offset(), 200);
+}

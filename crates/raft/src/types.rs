@@ -5,8 +5,9 @@
 //! Choices, written down because they are load-bearing:
 //! - Standard Raft leader ids (`leader_id_std`): one leader per term, so a committed leader id
 //!   is just the term, which is exactly what the partition log stores per entry.
-//! - The application data of a partition group is one Kafka record batch, as stored. Entries
-//!   that are not batches (the blank entry of a new leader, membership changes) are stored as
+//! - The application data of a partition group is one Kafka record batch, as stored, or a
+//!   replicated command (DeleteRecords' new log start). Entries that are not batches
+//!   (commands, the blank entry of a new leader, membership changes) are stored as
 //!   `EntryKind::Raft` with a small JSON payload; they take a Raft index but no Kafka offset,
 //!   and the Kafka read path never sees them.
 
@@ -20,15 +21,32 @@ use storage::EntryKind;
 
 /// Application data of a partition group: one record batch v2, bytes as stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchData(pub Bytes);
+pub enum Payload {
+    /// One record batch v2: takes Kafka offsets.
+    Batch(Bytes),
+    /// A command every replica applies; takes no offset (stored as an `EntryKind::Raft`
+    /// entry, never served to Kafka reads).
+    Command(Command),
+}
 
-impl fmt::Debug for BatchData {
+/// A replicated command of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// DeleteRecords: the log starts at this offset (records below are gone for readers,
+    /// and whole segments below it are purged through Raft like retention's).
+    LogStart(i64),
+}
+
+impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch({} bytes)", self.0.len())
+        match self {
+            Payload::Batch(b) => write!(f, "batch({} bytes)", b.len()),
+            Payload::Command(c) => write!(f, "{c:?}"),
+        }
     }
 }
 
-impl fmt::Display for BatchData {
+impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
@@ -44,7 +62,7 @@ pub struct Applied {
 openraft::declare_raft_types!(
     /// The Raft type configuration of every Sluice group.
     pub TypeConfig:
-        D = BatchData,
+        D = Payload,
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -70,13 +88,17 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 enum RaftOwn {
     Blank,
     Membership(Membership),
+    Command(Command),
 }
 
 /// openraft entry -> stored entry. Batches keep their bytes (no copy); the caller stamps
 /// offsets.
 pub fn to_stored(e: &RaftEntryOf) -> std::io::Result<storage::Entry> {
     let (kind, payload) = match &e.payload {
-        EntryPayload::Normal(b) => (EntryKind::Batch, b.0.clone()),
+        EntryPayload::Normal(Payload::Batch(b)) => (EntryKind::Batch, b.clone()),
+        EntryPayload::Normal(Payload::Command(c)) => {
+            (EntryKind::Raft, encode_own(&RaftOwn::Command(*c))?)
+        }
         EntryPayload::Blank => (EntryKind::Raft, encode_own(&RaftOwn::Blank)?),
         EntryPayload::Membership(m) => (
             EntryKind::Raft,
@@ -95,7 +117,7 @@ pub fn to_stored(e: &RaftEntryOf) -> std::io::Result<storage::Entry> {
 pub fn from_stored(e: storage::Entry) -> std::io::Result<RaftEntryOf> {
     let id = log_id(e.term, e.index);
     Ok(match e.kind {
-        EntryKind::Batch => RaftEntryOf::new(id, EntryPayload::Normal(BatchData(e.payload))),
+        EntryKind::Batch => RaftEntryOf::new(id, EntryPayload::Normal(Payload::Batch(e.payload))),
         EntryKind::Raft => {
             let own: RaftOwn = serde_json::from_slice(&e.payload).map_err(|err| {
                 std::io::Error::new(
@@ -106,6 +128,9 @@ pub fn from_stored(e: storage::Entry) -> std::io::Result<RaftEntryOf> {
             match own {
                 RaftOwn::Blank => RaftEntryOf::new(id, EntryPayload::Blank),
                 RaftOwn::Membership(m) => RaftEntryOf::new(id, EntryPayload::Membership(m)),
+                RaftOwn::Command(c) => {
+                    RaftEntryOf::new(id, EntryPayload::Normal(Payload::Command(c)))
+                }
             }
         }
     })
@@ -126,7 +151,7 @@ mod tests {
     fn stored_round_trip_keeps_kind_term_and_payload() {
         let batch = RaftEntryOf::new(
             log_id(3, 7),
-            EntryPayload::Normal(BatchData(Bytes::from_static(b"abc"))),
+            EntryPayload::Normal(Payload::Batch(Bytes::from_static(b"abc"))),
         );
         let s = to_stored(&batch).expect("encode");
         assert_eq!((s.term, s.index, s.kind), (3, 7, EntryKind::Batch));
@@ -137,6 +162,14 @@ mod tests {
         let s = to_stored(&blank).expect("encode");
         assert_eq!(s.kind, EntryKind::Raft);
         assert_eq!(from_stored(s).expect("decode"), blank);
+
+        let cmd = RaftEntryOf::new(
+            log_id(4, 9),
+            EntryPayload::Normal(Payload::Command(Command::LogStart(42))),
+        );
+        let s = to_stored(&cmd).expect("encode");
+        assert_eq!(s.kind, EntryKind::Raft);
+        assert_eq!(from_stored(s).expect("decode"), cmd);
 
         let mut nodes = BTreeMap::new();
         nodes.insert(1, openraft::BasicNode::new("a:1"));

@@ -101,9 +101,7 @@ pub fn dispatch(
         RequestKind::ListOffsets(r) => ready(ResponseKind::ListOffsets(offsets::list_offsets(
             broker, r, v,
         ))),
-        RequestKind::DeleteRecords(r) => ready(ResponseKind::DeleteRecords(
-            offsets::delete_records(broker, r),
-        )),
+        RequestKind::DeleteRecords(r) => offsets::delete_records(broker.clone(), r),
         RequestKind::InitProducerId(r) => producer_id::init_producer_id(broker.clone(), r, v),
         RequestKind::AddPartitionsToTxn(r) => txn::add_partitions_to_txn(broker.clone(), r, v),
         RequestKind::AddOffsetsToTxn(r) => txn::add_offsets_to_txn(broker.clone(), r, v),

@@ -1,5 +1,7 @@
 //! ListOffsets and DeleteRecords.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -9,10 +11,11 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{
     ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ResponseKind,
 };
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::codes;
+use super::{codes, Reply};
 use crate::Broker;
 
 const LATEST: i64 = -1;
@@ -102,46 +105,58 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-pub fn delete_records(broker: &Broker, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let mut topics = Vec::with_capacity(req.topics.len());
-    for t in req.topics {
-        let topic = broker.topics.get(t.name.0.as_str());
-        let mut partitions = Vec::with_capacity(t.partitions.len());
-        for p in t.partitions {
-            let base = DeleteRecordsPartitionResult::default()
-                .with_partition_index(p.partition_index)
-                .with_low_watermark(-1);
-            let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
-                broker.count_error(ApiKey::DeleteRecords, codes::UNKNOWN_TOPIC_OR_PARTITION);
-                partitions.push(base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
-                continue;
-            };
-            let replica = match part.leader() {
-                Ok(r) => r,
-                Err(code) => {
-                    broker.count_error(ApiKey::DeleteRecords, code);
-                    partitions.push(base.with_error_code(code));
-                    continue;
-                }
-            };
-            partitions.push(match replica.delete_records(p.offset) {
-                Ok(low) => base.with_low_watermark(low),
-                Err(raft::Error::OffsetOutOfRange { .. }) => {
-                    broker.count_error(ApiKey::DeleteRecords, codes::OFFSET_OUT_OF_RANGE);
-                    base.with_error_code(codes::OFFSET_OUT_OF_RANGE)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "delete records failed");
-                    broker.count_error(ApiKey::DeleteRecords, codes::KAFKA_STORAGE_ERROR);
-                    base.with_error_code(codes::KAFKA_STORAGE_ERROR)
+/// DeleteRecords: each partition's new log start is replicated through its Raft group
+/// (answered once committed and applied on the leader); partitions are done concurrently.
+pub fn delete_records(broker: Arc<Broker>, req: DeleteRecordsRequest) -> Reply {
+    Box::pin(async move {
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
+            let topic = broker.topics.get(t.name.0.as_str());
+            let calls = t.partitions.into_iter().map(|p| {
+                let broker = broker.clone();
+                let leader = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                    None => Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
+                    Some(part) => part.leader().cloned(),
+                };
+                async move {
+                    let base = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1);
+                    let replica = match leader {
+                        Ok(r) => r,
+                        Err(code) => {
+                            broker.count_error(ApiKey::DeleteRecords, code);
+                            return base.with_error_code(code);
+                        }
+                    };
+                    match replica.delete_records(p.offset).await {
+                        Ok(low) => base.with_low_watermark(low),
+                        Err(e) => {
+                            let code = match e {
+                                raft::Error::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+                                raft::Error::NotLeader { .. } | raft::Error::Closed => {
+                                    codes::NOT_LEADER_OR_FOLLOWER
+                                }
+                                e => {
+                                    tracing::warn!(error = %e, "delete records failed");
+                                    codes::KAFKA_STORAGE_ERROR
+                                }
+                            };
+                            broker.count_error(ApiKey::DeleteRecords, code);
+                            base.with_error_code(code)
+                        }
+                    }
                 }
             });
+            let partitions = futures_util::future::join_all(calls).await;
+            topics.push(
+                DeleteRecordsTopicResult::default()
+                    .with_name(t.name)
+                    .with_partitions(partitions),
+            );
         }
-        topics.push(
-            DeleteRecordsTopicResult::default()
-                .with_name(t.name)
-                .with_partitions(partitions),
-        );
-    }
-    DeleteRecordsResponse::default().with_topics(topics)
+        Some(ResponseKind::DeleteRecords(
+            DeleteRecordsResponse::default().with_topics(topics),
+        ))
+    })
 }

@@ -237,7 +237,9 @@ impl Inner {
         for s in &self.segments[..n] {
             let by_time = retention_ms.is_some_and(|r| s.max_ts < now_ms.saturating_sub(r));
             let by_size = retention_bytes.is_some_and(|r| total.saturating_sub(r) >= s.size);
-            if !(by_time || by_size) || s.next_offset > upper_offset {
+            // Entirely below the log start DeleteRecords set.
+            let deleted = s.next_offset <= self.log_start;
+            if !(by_time || by_size || deleted) || s.next_offset > upper_offset {
                 break;
             }
             total -= s.size;
@@ -858,9 +860,32 @@ impl PartitionLog {
         Ok(count)
     }
 
-    /// DeleteRecords: moves the log start offset to `offset` (the caller checks it is at most
-    /// the high watermark), persists it durably, then deletes segments entirely below it.
-    /// Returns the new log start offset.
+    /// DeleteRecords as a replica applies it: moves the log start offset to `offset` and
+    /// persists it durably, deleting nothing (the whole segments below it are then handed
+    /// out by [`PartitionLog::retention_cut`], so Raft purges them). Returns the new log
+    /// start offset.
+    pub fn advance_log_start(&self, offset: i64) -> Result<i64> {
+        self.check_writable()?;
+        let mut inner = self.inner.write();
+        let (start, end) = (inner.log_start, inner.next_offset());
+        if offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: start,
+                log_end: end,
+            });
+        }
+        if offset > start {
+            self.write_durable(CHECKPOINT, &encode_checkpoint(offset))?;
+            inner.checkpoint = Some(offset);
+            inner.log_start = offset;
+        }
+        Ok(inner.log_start)
+    }
+
+    /// DeleteRecords on a log without Raft: moves the log start offset to `offset` (the
+    /// caller checks it is at most the high watermark), persists it durably, then deletes
+    /// segments entirely below it. Returns the new log start offset.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
         self.check_writable()?;
         let removed = {
@@ -917,7 +942,8 @@ impl PartitionLog {
     }
 
     /// What [`PartitionLog::enforce_retention`] would delete, without deleting: the Raft index
-    /// of the last entry in the last segment past retention (None when nothing is). A
+    /// of the last entry in the last segment past retention or wholly below the log start
+    /// (None when nothing is). A
     /// replicated log hands that index to Raft, which purges through
     /// [`PartitionLog::purge_prefix`] once no replication needs the entries.
     pub fn retention_cut(
