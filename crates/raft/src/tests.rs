@@ -952,3 +952,37 @@ async fn delete_records_is_replicated_and_purged_through_raft() {
     c.start(l);
     assert_eq!(c.part(l).log_start_offset(), 200);
 }
+
+/// Retention deletes the oldest segments down to `retention.bytes`, not everything a
+/// snapshot covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_keeps_the_newest_bytes() {
+    let c = Cluster::with_log(
+        3,
+        LogConfig {
+            segment_bytes: 2048,
+            ..LogConfig::default()
+        },
+    );
+    let l = c.leader(None).await;
+    fill(c.part(l), 300).await;
+    let p = c.part(l);
+    let total = p.size_bytes();
+    let keep = total / 2;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.log_start_offset() == 0 {
+        p.enforce_retention(0, None, Some(keep))
+            .await
+            .expect("retention");
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = p.size_bytes();
+    assert!(
+        left >= keep && left < total,
+        "{left} bytes left of {total} with retention.bytes {keep}"
+    );
+    let start = p.log_start_offset();
+    assert!(start > 0 && start < 300 / 2 + 20, "log start {start}");
+    assert_eq!(contents(p).last(), Some(&(299, 1)));
+}
