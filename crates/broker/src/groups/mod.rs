@@ -696,10 +696,7 @@ impl Coordinator {
             let r = crate::committed::for_each_with_control(&part, 0, |r| {
                 records += 1;
                 if r.control {
-                    let commit = r.key.as_ref().is_some_and(|k| {
-                        k.len() >= 4
-                            && i16::from_be_bytes([k[2], k[3]]) == storage::batch::CONTROL_COMMIT
-                    });
+                    let commit = is_commit_marker(&r);
                     for (key, value) in staged.remove(&r.producer_id).unwrap_or_default() {
                         if commit {
                             apply_record(&mut st, n, key, value);
@@ -720,14 +717,18 @@ impl Coordinator {
                     stage_txn_record(&mut st, n, pid, key, value);
                 }
             }
-            if let Err(e) = r {
-                // Records after an undecodable batch cannot be read; keep what could.
-                tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: replay stopped early");
-            }
-            (st.groups, records)
+            let end = match r {
+                Ok(end) => end,
+                Err(e) => {
+                    // Records after an undecodable batch cannot be read; keep what could.
+                    tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: replay stopped early");
+                    i64::MAX
+                }
+            };
+            (st.groups, records, end)
         })
         .await;
-        let Ok((groups, records)) = read else {
+        let Ok((groups, records, end)) = read else {
             return give_up("the replay task failed");
         };
         let mut loads = self.loads.lock();
@@ -745,6 +746,25 @@ impl Coordinator {
                 m.deadline = now + m.session_timeout;
             }
             st.groups.insert(id, g);
+        }
+        // While the replay read, the partition only took transaction markers (other writes
+        // wait for the load); those committed after the replay's end were completed
+        // (`complete_txn`) against the state from before the load. Apply them now: later
+        // ones find the loaded state, as the state lock is held until it is served.
+        if p.high_watermark() > end {
+            let tail = crate::committed::for_each_with_control(&p, end, |r| {
+                if r.control {
+                    complete_txn_in(&mut st, k, r.producer_id, is_commit_marker(&r));
+                } else if r.transactional {
+                    stage_txn_record(&mut st, n, r.producer_id, r.key, r.value);
+                } else {
+                    apply_record(&mut st, n, r.key, r.value);
+                }
+                Ok(())
+            });
+            if let Err(e) = tail {
+                tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: catching up after the replay");
+            }
         }
         loads[k] = Load::Done(term);
         if count > 0 {
@@ -1391,19 +1411,7 @@ impl Coordinator {
     /// A transaction marker of producer `pid` reached offsets partition `k`: its offsets
     /// become committed (commit) or are dropped (abort).
     pub fn complete_txn(&self, k: usize, pid: i64, commit: bool) {
-        let mut st = self.state.lock();
-        st.seq += 1;
-        let seq = st.seq;
-        for g in st.groups.values_mut().filter(|g| g.partition == k) {
-            let Some(offsets) = g.txn_offsets.remove(&pid) else {
-                continue;
-            };
-            if commit {
-                for (tp, value) in offsets {
-                    g.offsets.insert(tp, Committed { value, seq });
-                }
-            }
-        }
+        complete_txn_in(&mut self.state.lock(), k, pid, commit);
     }
 
     /// Whether an open transaction has committed an offset for this group and partition
@@ -1690,6 +1698,30 @@ fn subscribed_topics(g: &Group) -> Vec<String> {
 
 /// A record's key and value.
 type KeyValue = (Option<Bytes>, Option<Bytes>);
+
+/// Whether a control record is a commit marker (else an abort).
+fn is_commit_marker(r: &kafka_protocol::records::Record) -> bool {
+    r.key.as_ref().is_some_and(|k| {
+        k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == storage::batch::CONTROL_COMMIT
+    })
+}
+
+/// The marker of `pid`'s transaction reached offsets partition `k`: its offsets become
+/// committed (commit) or are dropped (abort).
+fn complete_txn_in(st: &mut State, k: usize, pid: i64, commit: bool) {
+    st.seq += 1;
+    let seq = st.seq;
+    for g in st.groups.values_mut().filter(|g| g.partition == k) {
+        let Some(offsets) = g.txn_offsets.remove(&pid) else {
+            continue;
+        };
+        if commit {
+            for (tp, value) in offsets {
+                g.offsets.insert(tp, Committed { value, seq });
+            }
+        }
+    }
+}
 
 /// Keeps an offset committed by the still-open transaction of `pid` while loading.
 fn stage_txn_record(
