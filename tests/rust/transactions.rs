@@ -221,3 +221,83 @@ async fn coordinator_requests_get_kafka_error_codes() {
     assert_eq!(r.error_code, 0);
     assert_eq!(r.port, i32::from(node.kafka_addr().port()));
 }
+
+/// A transactional id idle for longer than `transactional.id.expiration.ms` is forgotten
+/// with a tombstone: gone from DescribeTransactions and ListTransactions, after a restart
+/// too, and its next InitProducerId starts it afresh with a new producer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = || NodeOpts {
+        data_dir: Some(dir.path().to_path_buf()),
+        extra_args: vec!["--transactional-id-expiration-ms".into(), "1500".into()],
+        ..NodeOpts::default()
+    };
+    let node = Node::start(opts());
+    let boot = node.bootstrap();
+    create_topic(&boot, "txn-expire", 1, &[]).await;
+    let mut cfg = client_config(&boot);
+    cfg.set("transactional.id", "txn-expire-producer");
+    let producer: BaseProducer = cfg.create().expect("producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init");
+    producer.begin_transaction().expect("begin");
+    producer
+        .send(
+            BaseRecord::<(), _>::to("txn-expire")
+                .payload("v")
+                .partition(0),
+        )
+        .expect("send");
+    producer.commit_transaction(timeout).expect("commit");
+    drop(producer);
+    let mut raw = Raw::connect(node.kafka_addr());
+    let st = describe(&mut raw, "txn-expire-producer");
+    assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
+    let first_pid = st.producer_id.0;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while describe(&mut raw, "txn-expire-producer").error_code != 105 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle id never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed: ListTransactionsResponse = raw.call(
+        ApiKey::ListTransactions,
+        0,
+        &ListTransactionsRequest::default(),
+    );
+    assert!(!listed
+        .transaction_states
+        .iter()
+        .any(|t| t.transactional_id.0.as_str() == "txn-expire-producer"));
+
+    // The tombstone is what a restarted coordinator replays.
+    drop(raw);
+    drop(node);
+    let node = Node::start(opts());
+    let mut raw = Raw::connect(node.kafka_addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = describe(&mut raw, "txn-expire-producer");
+        if st.error_code == 105 {
+            break;
+        }
+        // COORDINATOR_LOAD_IN_PROGRESS while the state partition loads.
+        assert_eq!(st.error_code, 14, "after the restart: {st:?}");
+        assert!(std::time::Instant::now() < deadline, "never loaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut cfg = client_config(&node.bootstrap());
+    cfg.set("transactional.id", "txn-expire-producer");
+    let producer: BaseProducer = cfg.create().expect("producer");
+    producer.init_transactions(timeout).expect("init again");
+    let st = describe(&mut raw, "txn-expire-producer");
+    assert_eq!(st.transaction_state.as_str(), "Empty");
+    assert_ne!(
+        st.producer_id.0, first_pid,
+        "a forgotten id gets a new producer id"
+    );
+}

@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` (used
     /// when the topic is first created).
     pub transaction_state_log_num_partitions: i32,
+    /// `transactional.id.expiration.ms`: a transactional id with no transaction open or
+    /// being completed for this long is forgotten.
+    pub transactional_id_expiration_ms: i64,
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: i32,
     /// `group.min.session.timeout.ms`
@@ -118,6 +121,7 @@ impl Default for BrokerConfig {
             fsync: FsyncPolicy::Always,
             offsets_topic_num_partitions: 50,
             transaction_state_log_num_partitions: 50,
+            transactional_id_expiration_ms: 604_800_000,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,

@@ -126,7 +126,12 @@ impl Broker {
         let groups = open_groups(&config, &topics).await?;
         let txn_partitions = open_txn_topic(&config, &topics).await?;
         let broker = Arc::new_cyclic(|me| Broker {
-            txn: TxnCoordinator::start(config.node_id as u64, txn_partitions, me.clone()),
+            txn: TxnCoordinator::start(
+                config.node_id as u64,
+                txn_partitions,
+                config.transactional_id_expiration_ms,
+                me.clone(),
+            ),
             config,
             topics,
             metrics,

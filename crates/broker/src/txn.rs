@@ -98,6 +98,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<TxnMeta>>>;
 
 pub struct TxnCoordinator {
     led: Led,
+    /// `transactional.id.expiration.ms`: an id with no transaction open or being completed
+    /// for this long is forgotten.
+    expiration_ms: i64,
     /// Transactional id -> its state (None: being created). One async lock per id keeps
     /// the changes of one id in order.
     txns: Mutex<HashMap<String, Slot>>,
@@ -116,10 +119,12 @@ impl TxnCoordinator {
     pub fn start(
         node_id: raft::NodeId,
         partitions: Vec<Option<raft::Partition>>,
+        expiration_ms: i64,
         broker: Weak<Broker>,
     ) -> Arc<TxnCoordinator> {
         let c = Arc::new(TxnCoordinator {
             led: Led::new(node_id, partitions),
+            expiration_ms,
             txns: Mutex::new(HashMap::new()),
         });
         tokio::spawn(tick_loop(Arc::downgrade(&c), broker));
@@ -149,6 +154,12 @@ impl TxnCoordinator {
 
     /// Writes the state of `id` to its partition; answered once committed.
     async fn persist(&self, id: &str, meta: &TxnMeta) -> Result<(), i16> {
+        let value = serde_json::to_vec(meta).expect("serialisable");
+        self.write_record(id, Some(Bytes::from(value))).await
+    }
+
+    /// Writes the record of `id` (a tombstone when `value` is None); answered once committed.
+    async fn write_record(&self, id: &str, value: Option<Bytes>) -> Result<(), i16> {
         let k = self.partition_of(id);
         let Some(p) = self.led.partition(k) else {
             return Err(codes::NOT_COORDINATOR);
@@ -156,11 +167,7 @@ impl TxnCoordinator {
         let Some(term) = self.led.serving_term(k) else {
             return Err(codes::NOT_COORDINATOR);
         };
-        let value = serde_json::to_vec(meta).expect("serialisable");
-        let batch = encode(
-            Bytes::copy_from_slice(id.as_bytes()),
-            Some(Bytes::from(value)),
-        );
+        let batch = encode(Bytes::copy_from_slice(id.as_bytes()), value);
         match p.propose(vec![batch]).await {
             Ok(out) if matches!(out.first(), Some(raft::ProposeOutcome::Appended { .. })) => {
                 // Written; but if the partition was reloaded meanwhile (a new term), the
@@ -468,6 +475,45 @@ impl TxnCoordinator {
 
     /// Aborts the transactions open longer than their timeout, with an epoch bump that
     /// fences their producer (as Kafka does).
+    /// Forgets the ids idle (Empty or Complete) for longer than `transactional.id.expiration.ms`:
+    /// a tombstone in their partition, then out of memory. The id's next InitProducerId
+    /// starts it afresh with a new producer id, as in Kafka.
+    async fn expire_ids(&self) {
+        let now = now_ms();
+        let served = self.led.served();
+        let slots: Vec<(String, Slot)> = self
+            .txns
+            .lock()
+            .iter()
+            .filter(|(id, _)| served[self.partition_of(id)])
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect();
+        for (id, slot) in slots {
+            let Ok(mut guard) = slot.try_lock() else {
+                continue;
+            };
+            let idle = guard.as_ref().is_some_and(|m| {
+                matches!(
+                    m.status,
+                    Status::Empty | Status::CompleteCommit | Status::CompleteAbort
+                ) && now.saturating_sub(m.updated_ms) > self.expiration_ms
+            });
+            if !idle || self.write_record(&id, None).await.is_err() {
+                continue;
+            }
+            tracing::info!(txn = %id, "transactional id expired");
+            *guard = None;
+            drop(guard);
+            // Out of the map unless a request holds the slot (it then finds it empty, as
+            // for an id never seen).
+            let mut txns = self.txns.lock();
+            if txns.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) && Arc::strong_count(&slot) == 2
+            {
+                txns.remove(&id);
+            }
+        }
+    }
+
     async fn abort_expired(self: &Arc<Self>, broker: &Arc<Broker>) {
         let now = now_ms();
         let served = self.led.served();
@@ -645,6 +691,7 @@ async fn tick_loop(c: Weak<TxnCoordinator>, broker: Weak<Broker>) {
         n += 1;
         if n.is_multiple_of(10) {
             c.abort_expired(&b).await;
+            c.expire_ids().await;
         }
     }
 }

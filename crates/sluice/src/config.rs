@@ -119,6 +119,10 @@ pub struct Cli {
         value_name = "N"
     )]
     pub transaction_state_log_num_partitions: Option<i32>,
+    /// Forget a transactional id after this long with no transaction
+    /// [transactional.id.expiration.ms] (default 604800000, 7 days).
+    #[arg(long, env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS", value_name = "MS")]
+    pub transactional_id_expiration_ms: Option<i64>,
     /// How long a new consumer group waits for more members before its first rebalance
     /// [group.initial.rebalance.delay.ms] (default 3000).
     #[arg(
@@ -265,6 +269,7 @@ const KNOWN_KEYS: &[&str] = &[
     "cluster.peers",
     "offsets.topic.num.partitions",
     "transaction.state.log.num.partitions",
+    "transactional.id.expiration.ms",
     "group.initial.rebalance.delay.ms",
     "group.min.session.timeout.ms",
     "group.max.session.timeout.ms",
@@ -548,6 +553,11 @@ impl Cli {
                 "transaction.state.log.num.partitions",
                 d.transaction_state_log_num_partitions
             ),
+            transactional_id_expiration_ms: pick!(
+                self.transactional_id_expiration_ms,
+                "transactional.id.expiration.ms",
+                d.transactional_id_expiration_ms
+            ),
             group_initial_rebalance_delay_ms: pick!(
                 self.group_initial_rebalance_delay_ms,
                 "group.initial.rebalance.delay.ms",
@@ -593,6 +603,9 @@ impl Cli {
         }
         if !(1..=1000).contains(&broker.transaction_state_log_num_partitions) {
             bail!("transaction.state.log.num.partitions must be between 1 and 1000");
+        }
+        if broker.transactional_id_expiration_ms < 1 {
+            bail!("transactional.id.expiration.ms must be positive");
         }
         if broker.group_initial_rebalance_delay_ms < 0 {
             bail!("group.initial.rebalance.delay.ms must not be negative");
