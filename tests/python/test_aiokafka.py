@@ -112,8 +112,15 @@ async def create(admin, topic, partitions=1, configs=None):
 
 
 async def describe_topic_configs(admin, topic):
-    (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    (res,) = resp.to_object()["resources"]
+    # The node answering may not have applied the topic's creation yet (other nodes apply
+    # the metadata log moments later, as Kafka brokers do): UNKNOWN_TOPIC_OR_PARTITION (3)
+    # is retried for a while.
+    for _ in range(50):
+        (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        (res,) = resp.to_object()["resources"]
+        if res["error_code"] != 3:
+            break
+        await asyncio.sleep(0.2)
     assert res["error_code"] == 0, res
     return {e["config_names"]: e for e in res["config_entries"]}
 
