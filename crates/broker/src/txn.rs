@@ -475,19 +475,23 @@ impl TxnCoordinator {
 
     /// Aborts the transactions open longer than their timeout, with an epoch bump that
     /// fences their producer (as Kafka does).
+    /// The ids (and their slots) of the partitions this node serves now.
+    fn served_slots(&self) -> Vec<(String, Slot)> {
+        let served = self.led.served();
+        self.txns
+            .lock()
+            .iter()
+            .filter(|(id, _)| served[self.partition_of(id)])
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect()
+    }
+
     /// Forgets the ids idle (Empty or Complete) for longer than `transactional.id.expiration.ms`:
     /// a tombstone in their partition, then out of memory. The id's next InitProducerId
     /// starts it afresh with a new producer id, as in Kafka.
     async fn expire_ids(&self) {
         let now = now_ms();
-        let served = self.led.served();
-        let slots: Vec<(String, Slot)> = self
-            .txns
-            .lock()
-            .iter()
-            .filter(|(id, _)| served[self.partition_of(id)])
-            .map(|(id, s)| (id.clone(), s.clone()))
-            .collect();
+        let slots = self.served_slots();
         for (id, slot) in slots {
             let Ok(mut guard) = slot.try_lock() else {
                 continue;
@@ -516,14 +520,7 @@ impl TxnCoordinator {
 
     async fn abort_expired(self: &Arc<Self>, broker: &Arc<Broker>) {
         let now = now_ms();
-        let served = self.led.served();
-        let slots: Vec<(String, Slot)> = self
-            .txns
-            .lock()
-            .iter()
-            .filter(|(id, _)| served[self.partition_of(id)])
-            .map(|(id, s)| (id.clone(), s.clone()))
-            .collect();
+        let slots = self.served_slots();
         for (id, slot) in slots {
             let Ok(mut guard) = slot.try_lock() else {
                 continue;
@@ -655,14 +652,7 @@ impl TxnCoordinator {
 
     /// Every transactional id this node coordinates now.
     pub async fn list(&self) -> Vec<TxnSummary> {
-        let served = self.led.served();
-        let slots: Vec<(String, Slot)> = self
-            .txns
-            .lock()
-            .iter()
-            .filter(|(id, _)| served[self.partition_of(id)])
-            .map(|(id, s)| (id.clone(), s.clone()))
-            .collect();
+        let slots = self.served_slots();
         let mut out = Vec::new();
         for (id, slot) in slots {
             if let Some(meta) = slot.lock().await.clone() {

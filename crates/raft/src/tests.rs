@@ -178,22 +178,25 @@ async fn wait_hw(p: &Partition, hw: i64) {
         .expect("replica open");
 }
 
+/// A lone-voter replica of group `s-0` with its log in `dir`.
+fn open_single(dir: &TempDir, meta: &MetaStore, filter: Box<dyn BatchFilter>) -> Partition {
+    Partition::open(
+        &dir.path().join("log"),
+        PartitionOptions::single(
+            LogConfig::default(),
+            RaftNode::single(1, meta.clone()),
+            "s-0",
+        ),
+        filter,
+    )
+    .expect("open")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_voter_commits_and_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
-    let open = || {
-        Partition::open(
-            &dir.path().join("log"),
-            PartitionOptions::single(
-                LogConfig::default(),
-                RaftNode::single(1, meta.clone()),
-                "s-0",
-            ),
-            Box::new(AdmitAll),
-        )
-        .expect("open")
-    };
+    let open = || open_single(&dir, &meta, Box::new(AdmitAll));
     let p = open();
     let out = p
         .propose(vec![batch(3, 1), batch(2, 2)])
@@ -842,18 +845,7 @@ async fn a_new_leader_knows_producers_from_far_back_in_the_log() {
 async fn a_restarted_single_replica_resumes_its_producer_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
-    let open = || {
-        Partition::open(
-            &dir.path().join("log"),
-            PartitionOptions::single(
-                LogConfig::default(),
-                RaftNode::single(1, meta.clone()),
-                "s-0",
-            ),
-            Box::new(SeqFilter::default()),
-        )
-        .expect("open")
-    };
+    let open = || open_single(&dir, &meta, Box::new(SeqFilter::default()));
     let p = open();
     let out = p.propose(vec![producer_batch(9, 0)]).await.expect("commit");
     let first = offsets(&out)[0];

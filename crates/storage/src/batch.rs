@@ -340,6 +340,13 @@ pub mod testutil {
         assemble(base_offset, ts, 0, (-1, -1, -1), recs)
     }
 
+    /// `records` key-less records with values `<prefix>-<i>`.
+    fn small_records(prefix: &str, records: i32) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        (0..records)
+            .map(|i| (None, format!("{prefix}-{i}").into_bytes()))
+            .collect()
+    }
+
     /// An idempotent (non-transactional) batch of `records` small records of producer
     /// (`pid`, `epoch`), sequences from `seq`.
     pub fn build_producer_batch(
@@ -349,10 +356,13 @@ pub mod testutil {
         epoch: i16,
         seq: i32,
     ) -> Vec<u8> {
-        let recs = (0..records)
-            .map(|i| (None, format!("idem-{i}").into_bytes()))
-            .collect();
-        assemble(base_offset, 0, 0, (pid, epoch, seq), recs)
+        assemble(
+            base_offset,
+            0,
+            0,
+            (pid, epoch, seq),
+            small_records("idem", records),
+        )
     }
 
     /// A transactional batch of `records` small records of producer (`pid`, `epoch`),
@@ -364,10 +374,13 @@ pub mod testutil {
         epoch: i16,
         seq: i32,
     ) -> Vec<u8> {
-        let recs = (0..records)
-            .map(|i| (None, format!("txn-{i}").into_bytes()))
-            .collect();
-        assemble(base_offset, 0, 0x10, (pid, epoch, seq), recs)
+        assemble(
+            base_offset,
+            0,
+            0x10,
+            (pid, epoch, seq),
+            small_records("txn", records),
+        )
     }
 
     /// A transaction marker (control batch) of producer (`pid`, `epoch`): `kind` 0 abort,

@@ -867,6 +867,13 @@ impl PartitionLog {
     pub fn advance_log_start(&self, offset: i64) -> Result<i64> {
         self.check_writable()?;
         let mut inner = self.inner.write();
+        self.move_log_start(&mut inner, offset)?;
+        Ok(inner.log_start)
+    }
+
+    /// Moves the log start forward to `offset` (at most the log end) and persists it
+    /// durably; false when it is already there or past it.
+    fn move_log_start(&self, inner: &mut Inner, offset: i64) -> Result<bool> {
         let (start, end) = (inner.log_start, inner.next_offset());
         if offset > end {
             return Err(Error::OffsetOutOfRange {
@@ -875,12 +882,13 @@ impl PartitionLog {
                 log_end: end,
             });
         }
-        if offset > start {
-            self.write_durable(CHECKPOINT, &encode_checkpoint(offset))?;
-            inner.checkpoint = Some(offset);
-            inner.log_start = offset;
+        if offset <= start {
+            return Ok(false);
         }
-        Ok(inner.log_start)
+        self.write_durable(CHECKPOINT, &encode_checkpoint(offset))?;
+        inner.checkpoint = Some(offset);
+        inner.log_start = offset;
+        Ok(true)
     }
 
     /// DeleteRecords on a log without Raft: moves the log start offset to `offset` (the
@@ -890,20 +898,9 @@ impl PartitionLog {
         self.check_writable()?;
         let removed = {
             let mut inner = self.inner.write();
-            let (start, end) = (inner.log_start, inner.next_offset());
-            if offset > end {
-                return Err(Error::OffsetOutOfRange {
-                    offset,
-                    log_start: start,
-                    log_end: end,
-                });
+            if !self.move_log_start(&mut inner, offset)? {
+                return Ok(inner.log_start);
             }
-            if offset <= start {
-                return Ok(start);
-            }
-            self.write_durable(CHECKPOINT, &encode_checkpoint(offset))?;
-            inner.checkpoint = Some(offset);
-            inner.log_start = offset;
             let n = inner.segments.len() - 1;
             let count = inner.segments[..n]
                 .iter()
