@@ -61,6 +61,12 @@ pub struct BrokerConfig {
     pub transactional_id_expiration_ms: i64,
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`: how often members of consumer-protocol
+    /// (KIP-848) groups heartbeat.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.session.timeout.ms`: how long a consumer-protocol member may go
+    /// without a heartbeat before it is removed.
+    pub group_consumer_session_timeout_ms: i32,
     /// `group.min.session.timeout.ms`
     pub group_min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`
@@ -123,6 +129,8 @@ impl Default for BrokerConfig {
             transaction_state_log_num_partitions: 50,
             transactional_id_expiration_ms: 604_800_000,
             group_initial_rebalance_delay_ms: 3000,
+            group_consumer_heartbeat_interval_ms: 5000,
+            group_consumer_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             offset_metadata_max_bytes: 4096,

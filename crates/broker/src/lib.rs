@@ -375,6 +375,8 @@ async fn open_groups(
         min_session_timeout_ms: config.group_min_session_timeout_ms,
         max_session_timeout_ms: config.group_max_session_timeout_ms,
         initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+        consumer_heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+        consumer_session_timeout_ms: config.group_consumer_session_timeout_ms,
         offset_metadata_max_bytes: config.offset_metadata_max_bytes,
         max_size: config.group_max_size,
         offsets_retention_ms: config.offsets_retention_minutes.saturating_mul(60_000),

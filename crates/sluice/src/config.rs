@@ -131,6 +131,22 @@ pub struct Cli {
         value_name = "MS"
     )]
     pub group_initial_rebalance_delay_ms: Option<i32>,
+    /// How often members of consumer-protocol (KIP-848, `group.protocol=consumer`) groups
+    /// heartbeat [group.consumer.heartbeat.interval.ms] (default 5000).
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub group_consumer_heartbeat_interval_ms: Option<i32>,
+    /// How long a consumer-protocol member may go without a heartbeat before it is removed
+    /// [group.consumer.session.timeout.ms] (default 45000).
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_CONSUMER_SESSION_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    pub group_consumer_session_timeout_ms: Option<i32>,
     /// Smallest session timeout a group member may ask for [group.min.session.timeout.ms]
     /// (default 6000).
     #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS", value_name = "MS")]
@@ -563,6 +579,16 @@ impl Cli {
                 "group.initial.rebalance.delay.ms",
                 d.group_initial_rebalance_delay_ms
             ),
+            group_consumer_heartbeat_interval_ms: pick!(
+                self.group_consumer_heartbeat_interval_ms,
+                "group.consumer.heartbeat.interval.ms",
+                d.group_consumer_heartbeat_interval_ms
+            ),
+            group_consumer_session_timeout_ms: pick!(
+                self.group_consumer_session_timeout_ms,
+                "group.consumer.session.timeout.ms",
+                d.group_consumer_session_timeout_ms
+            ),
             group_min_session_timeout_ms: pick!(
                 self.group_min_session_timeout_ms,
                 "group.min.session.timeout.ms",
@@ -609,6 +635,14 @@ impl Cli {
         }
         if broker.group_initial_rebalance_delay_ms < 0 {
             bail!("group.initial.rebalance.delay.ms must not be negative");
+        }
+        if broker.group_consumer_heartbeat_interval_ms < 1 {
+            bail!("group.consumer.heartbeat.interval.ms must be positive");
+        }
+        if broker.group_consumer_session_timeout_ms <= broker.group_consumer_heartbeat_interval_ms {
+            bail!(
+                "group.consumer.session.timeout.ms must be larger than group.consumer.heartbeat.interval.ms"
+            );
         }
         if broker.group_min_session_timeout_ms > broker.group_max_session_timeout_ms {
             bail!("group.min.session.timeout.ms is larger than group.max.session.timeout.ms");

@@ -334,7 +334,15 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
                         .map(|t| (t.name.to_string(), t.partition_indexes))
                         .collect()
                 });
-                if let Some(code) = groups.not_serving(&g.group_id) {
+                // v9: a consumer-protocol member fetches with its id and epoch.
+                let member = g
+                    .member_id
+                    .as_deref()
+                    .filter(|m| version >= 9 && g.member_epoch >= 0 && !m.is_empty());
+                let refused = groups.not_serving(&g.group_id).or_else(|| {
+                    member.and_then(|m| groups.check_fetch_member(&g.group_id, m, g.member_epoch))
+                });
+                if let Some(code) = refused {
                     broker.count_error(ApiKey::OffsetFetch, code);
                     return OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
@@ -431,34 +439,32 @@ pub fn offset_fetch(broker: &Broker, req: OffsetFetchRequest, version: i16) -> O
 }
 
 pub fn list_groups(broker: &Broker, req: ListGroupsRequest) -> ListGroupsResponse {
-    let types_ok = req.types_filter.is_empty()
-        || req
-            .types_filter
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("classic"));
-    let groups = if types_ok {
-        broker
-            .groups()
-            .list()
-            .into_iter()
-            .filter(|g| {
-                req.states_filter.is_empty()
-                    || req
-                        .states_filter
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(g.state.name()))
-            })
-            .map(|g| {
-                ListedGroup::default()
-                    .with_group_id(GroupId(sb(&g.group_id)))
-                    .with_protocol_type(sb(&g.protocol_type))
-                    .with_group_state(sb(g.state.name()))
-                    .with_group_type(sb("classic"))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let groups = broker
+        .groups()
+        .list()
+        .into_iter()
+        .filter(|g| {
+            req.types_filter.is_empty()
+                || req
+                    .types_filter
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(g.group_type))
+        })
+        .filter(|g| {
+            req.states_filter.is_empty()
+                || req
+                    .states_filter
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(g.state_name))
+        })
+        .map(|g| {
+            ListedGroup::default()
+                .with_group_id(GroupId(sb(&g.group_id)))
+                .with_protocol_type(sb(&g.protocol_type))
+                .with_group_state(sb(g.state_name))
+                .with_group_type(sb(g.group_type))
+        })
+        .collect();
     ListGroupsResponse::default().with_groups(groups)
 }
 
@@ -488,9 +494,22 @@ pub fn describe_groups(
                         .with_group_state(sb("Dead"))
                         .with_authorized_operations(ops)
                 }
+                // Consumer-protocol groups are described by ConsumerGroupDescribe.
+                (None, Some(g)) if g.group_type == "consumer" && version >= 6 => {
+                    broker.count_error(ApiKey::DescribeGroups, codes::GROUP_ID_NOT_FOUND);
+                    DescribedGroup::default()
+                        .with_error_code(codes::GROUP_ID_NOT_FOUND)
+                        .with_error_message(Some(sb(&format!(
+                            "group {} is not a classic group",
+                            &*id
+                        ))))
+                        .with_group_id(id)
+                        .with_group_state(sb("Dead"))
+                        .with_authorized_operations(ops)
+                }
                 (None, Some(g)) => DescribedGroup::default()
                     .with_group_id(id)
-                    .with_group_state(sb(g.state.name()))
+                    .with_group_state(sb(g.state_name))
                     .with_protocol_type(sb(&g.protocol_type))
                     .with_protocol_data(sb(&g.protocol))
                     .with_authorized_operations(ops)

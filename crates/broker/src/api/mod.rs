@@ -14,6 +14,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind}
 use crate::Broker;
 
 pub mod configs;
+pub mod consumer_groups;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
@@ -56,6 +57,8 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::ListGroups => "ListGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+        ApiKey::ConsumerGroupDescribe => "ConsumerGroupDescribe",
         ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
         ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
         ApiKey::EndTxn => "EndTxn",
@@ -141,6 +144,12 @@ pub fn dispatch(
         )),
         RequestKind::DeleteGroups(r) => groups::delete_groups(broker, r),
         RequestKind::OffsetDelete(r) => groups::offset_delete(broker, r),
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            consumer_groups::consumer_group_heartbeat(broker, header, peer, r, v)
+        }
+        RequestKind::ConsumerGroupDescribe(r) => ready(ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::consumer_group_describe(broker, r),
+        )),
         // `supported_versions` lets nothing else through; answer nothing rather than guess.
         _ => Box::pin(std::future::ready(None)),
     }

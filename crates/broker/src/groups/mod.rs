@@ -16,7 +16,12 @@
 //! `group.initial.rebalance.delay.ms`) → CompletingRebalance (the leader got the members'
 //! metadata and computes the assignment) → Stable (SyncGroup handed every member its
 //! assignment). A background tick (every 100 ms) expires sessions and rebalance deadlines.
+//!
+//! Groups of the consumer protocol (KIP-848, ConsumerGroupHeartbeat) are in `consumer`: a
+//! group is one or the other; an empty group changes kind when a member of the other
+//! protocol arrives, a non-empty one refuses it.
 
+pub mod consumer;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +66,10 @@ pub struct GroupSettings {
     pub max_session_timeout_ms: i32,
     /// `group.initial.rebalance.delay.ms`
     pub initial_rebalance_delay_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms` (consumer-protocol groups)
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.session.timeout.ms` (consumer-protocol groups)
+    pub consumer_session_timeout_ms: i32,
     /// `offset.metadata.max.bytes`
     pub offset_metadata_max_bytes: usize,
     /// `group.max.size`
@@ -141,6 +150,8 @@ struct Group {
     txn_offsets: HashMap<i64, HashMap<(String, i32), OffsetValue>>,
     /// Records to write to the offsets partition once the current operation is done.
     writes: Vec<(Bytes, Option<Bytes>)>,
+    /// Set while the group is a consumer-protocol (KIP-848) group.
+    cg: Option<Box<consumer::ConsumerGroup>>,
 }
 
 /// What JoinGroup gets: an answer now, or one when the rebalance completes.
@@ -183,10 +194,36 @@ pub struct CommitItem {
 pub struct GroupSummary {
     pub group_id: String,
     pub state: GroupState,
+    /// "classic" or "consumer".
+    pub group_type: &'static str,
+    /// The state as ListGroups names it (the consumer protocol has its own states).
+    pub state_name: &'static str,
     pub protocol_type: String,
     pub protocol: String,
     /// (member id, instance id, client id, client host, metadata, assignment)
     pub members: Vec<MemberSummary>,
+}
+
+/// A consumer-protocol group as ConsumerGroupDescribe shows it.
+pub struct ConsumerGroupSummary {
+    pub state: &'static str,
+    pub epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: String,
+    pub members: Vec<ConsumerMemberSummary>,
+}
+
+pub struct ConsumerMemberSummary {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub member_epoch: i32,
+    pub client_id: String,
+    pub client_host: String,
+    pub topics: Vec<String>,
+    pub regex: Option<String>,
+    pub assignment: consumer::Assignment,
+    pub target: consumer::Assignment,
 }
 
 pub struct MemberSummary {
@@ -228,7 +265,16 @@ impl Group {
             offsets: HashMap::new(),
             txn_offsets: HashMap::new(),
             writes: Vec::new(),
+            cg: None,
         }
+    }
+
+    /// No member of either protocol, none joining.
+    fn is_empty(&self) -> bool {
+        self.state == GroupState::Empty
+            && self.members.is_empty()
+            && self.pending.is_empty()
+            && self.cg.as_ref().is_none_or(|c| c.members.is_empty())
     }
 
     fn set_state(&mut self, s: GroupState) {
@@ -451,6 +497,19 @@ impl Group {
         ));
     }
 
+    /// Queues the consumer-protocol group's snapshot if it changed.
+    fn persist_consumer(&mut self) {
+        let Some(cg) = self.cg.as_mut().filter(|c| c.dirty) else {
+            return;
+        };
+        cg.dirty = false;
+        let json = serde_json::to_vec(&cg.snapshot()).expect("a snapshot serialises");
+        self.writes.push((
+            store::encode_key(&Key::ConsumerGroup(self.id.clone())),
+            Some(store::encode_consumer_group(&json)),
+        ));
+    }
+
     /// FENCED_INSTANCE_ID if `instance_id` belongs to another member.
     fn fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
         instance_id
@@ -463,6 +522,15 @@ impl Group {
         GroupSummary {
             group_id: self.id.clone(),
             state: self.state,
+            group_type: if self.cg.is_some() {
+                "consumer"
+            } else {
+                "classic"
+            },
+            state_name: match &self.cg {
+                Some(c) => c.state_name(),
+                None => self.state.name(),
+            },
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
             protocol: if stable {
                 self.protocol.clone().unwrap_or_default()
@@ -741,9 +809,14 @@ impl Coordinator {
         st.groups.retain(|_, g| g.partition != k);
         // Restored members get a full session to show up again.
         let now = Instant::now();
+        let cg_session =
+            Duration::from_millis(self.settings.consumer_session_timeout_ms.max(0) as u64);
         for (id, mut g) in groups {
             for m in g.members.values_mut() {
                 m.deadline = now + m.session_timeout;
+            }
+            if let Some(cg) = g.cg.as_mut() {
+                cg.touch_all(now, cg_session);
             }
             st.groups.insert(id, g);
         }
@@ -830,6 +903,14 @@ impl Coordinator {
         let served = self.served();
         let mut st = self.state.lock();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
+            if let Some(cg) = g.cg.as_mut() {
+                for id in cg.expire(now) {
+                    tracing::info!(group = %g.id, member = %id, "consumer-protocol member removed: session expired or partitions not revoked in time");
+                }
+                g.persist_consumer();
+                self.flush_detached(g);
+                continue;
+            }
             let before = g.pending.len();
             g.pending.retain(|_, t| *t > now);
             let expired: Vec<String> = g
@@ -889,6 +970,14 @@ impl Coordinator {
         delay: Duration,
     ) -> JoinOutcome {
         let err = |code, id: &str| JoinOutcome::Now(join_error(code, id));
+        if let Some(cg) = &g.cg {
+            if !cg.members.is_empty() {
+                return err(codes::INCONSISTENT_GROUP_PROTOCOL, &a.member_id);
+            }
+            g.cg = None;
+            g.writes
+                .push((store::encode_key(&Key::ConsumerGroup(g.id.clone())), None));
+        }
         if !g.supports(&a.member_id, &a.protocol_type, &a.protocols) {
             return err(codes::INCONSISTENT_GROUP_PROTOCOL, &a.member_id);
         }
@@ -1227,8 +1316,16 @@ impl Coordinator {
         if g.fenced(member_id, instance_id) {
             return Err(codes::FENCED_INSTANCE_ID);
         }
-        let standalone = generation < 0 && g.state == GroupState::Empty;
-        if !standalone {
+        // Commits from outside group management (generation -1) are taken while the
+        // group has no members.
+        let standalone = generation < 0
+            && match g.cg {
+                Some(_) => g.is_empty(),
+                None => g.state == GroupState::Empty,
+            };
+        if let Some(cg) = g.cg.as_ref().filter(|_| !standalone) {
+            cg.check_commit(member_id, generation)?;
+        } else if !standalone {
             if g.state == GroupState::CompletingRebalance {
                 return Err(codes::REBALANCE_IN_PROGRESS);
             }
@@ -1328,7 +1425,9 @@ impl Coordinator {
         }
         // Producers that pass the consumer's group metadata (KIP-447) are checked against
         // the group's generation; older ones send generation -1.
-        if generation >= 0 {
+        if let Some(cg) = g.cg.as_ref().filter(|_| generation >= 0) {
+            cg.check_commit(member_id, generation)?;
+        } else if generation >= 0 {
             let current = g.generation;
             let Some(m) = g.members.get_mut(member_id) else {
                 return Err(codes::UNKNOWN_MEMBER_ID);
@@ -1473,6 +1572,133 @@ impl Coordinator {
         }
     }
 
+    /// ConsumerGroupHeartbeat: joins, heartbeats and leaves of consumer-protocol members.
+    /// The answer is given once the group's new state is durable: a member is never told
+    /// of an assignment a new coordinator would not know.
+    pub fn consumer_heartbeat(
+        &self,
+        a: consumer::HeartbeatArgs,
+        view: &dyn consumer::TopicView,
+    ) -> impl Future<Output = consumer::HeartbeatAnswer> + Send + 'static {
+        let (answer, written) = self.consumer_heartbeat_locked(a, view);
+        async move {
+            match written {
+                Some(w) => match w.await {
+                    Ok(()) => answer,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "writing a consumer group's state failed");
+                        consumer::HeartbeatAnswer::error(
+                            codes::COORDINATOR_NOT_AVAILABLE,
+                            "the group's state could not be written",
+                            &answer.member_id,
+                            answer.member_epoch,
+                        )
+                    }
+                },
+                None => answer,
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn consumer_heartbeat_locked(
+        &self,
+        a: consumer::HeartbeatArgs,
+        view: &dyn consumer::TopicView,
+    ) -> (
+        consumer::HeartbeatAnswer,
+        Option<impl Future<Output = raft::Result<()>> + Send + 'static>,
+    ) {
+        let fail = |code, msg: &str| {
+            (
+                consumer::HeartbeatAnswer::error(code, msg, &a.member_id, a.member_epoch),
+                None,
+            )
+        };
+        if a.group_id.is_empty() {
+            return fail(codes::INVALID_GROUP_ID, "the group id is empty");
+        }
+        if let Some(code) = self.not_serving(&a.group_id) {
+            return fail(code, "this node does not coordinate the group now");
+        }
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let n = self.partitions.len();
+        if a.member_epoch < 0 && !st.groups.contains_key(&a.group_id) {
+            return fail(codes::UNKNOWN_MEMBER_ID, "unknown member id");
+        }
+        let g = st
+            .groups
+            .entry(a.group_id.clone())
+            .or_insert_with(|| Group::new(&a.group_id, n));
+        if g.cg.is_none() {
+            if !g.is_empty() {
+                return fail(
+                    codes::GROUP_ID_NOT_FOUND,
+                    &format!("group {} is a classic group with members", g.id),
+                );
+            }
+            g.cg = Some(Box::default());
+            g.protocol_type = Some("consumer".to_string());
+            g.protocol = None;
+            g.set_state(GroupState::Empty);
+        }
+        let cg = g.cg.as_mut().expect("consumer group");
+        let was_empty = cg.members.is_empty();
+        let answer = cg.heartbeat(a, &self.settings, view, now);
+        if !was_empty && cg.members.is_empty() {
+            // Offsets of an empty group expire from now on (offsets.retention.minutes).
+            g.state_since_ms = now_ms();
+        }
+        g.persist_consumer();
+        let written = self.flush(g);
+        (answer, written)
+    }
+
+    /// A consumer-protocol group as ConsumerGroupDescribe shows it; `Err` is its error
+    /// code (GROUP_ID_NOT_FOUND also for classic groups).
+    pub fn describe_consumer(&self, group_id: &str) -> Result<ConsumerGroupSummary, i16> {
+        if let Some(code) = self.not_serving(group_id) {
+            return Err(code);
+        }
+        let st = self.state.lock();
+        let Some(g) = st.groups.get(group_id) else {
+            return Err(codes::GROUP_ID_NOT_FOUND);
+        };
+        let Some(cg) = &g.cg else {
+            return Err(codes::GROUP_ID_NOT_FOUND);
+        };
+        Ok(ConsumerGroupSummary {
+            state: cg.state_name(),
+            epoch: cg.epoch,
+            assignment_epoch: cg.assignment_epoch,
+            assignor: cg.assignor.clone(),
+            members: cg
+                .members
+                .values()
+                .map(|m| ConsumerMemberSummary {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    member_epoch: m.epoch,
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    topics: m.topics.clone(),
+                    regex: m.regex.as_ref().map(|(s, _)| s.clone()),
+                    assignment: m.assigned.clone(),
+                    target: cg.target_of(&m.id),
+                })
+                .collect(),
+        })
+    }
+
+    /// OffsetFetch v9 from a consumer-protocol member: its id and epoch must be current.
+    pub fn check_fetch_member(&self, group_id: &str, member_id: &str, epoch: i32) -> Option<i16> {
+        let st = self.state.lock();
+        let cg = st.groups.get(group_id)?.cg.as_ref()?;
+        cg.check_fetch(member_id, epoch).err()
+    }
+
     pub fn list(&self) -> Vec<GroupSummary> {
         let st = self.state.lock();
         let mut v: Vec<GroupSummary> = st.groups.values().map(Group::summary).collect();
@@ -1492,9 +1718,7 @@ impl Coordinator {
             match st.groups.get(group_id) {
                 _ if refused.is_some() => Err(refused.unwrap_or(codes::NOT_COORDINATOR)),
                 None => Err(codes::GROUP_ID_NOT_FOUND),
-                Some(g) if g.state != GroupState::Empty || !g.members.is_empty() => {
-                    Err(codes::NON_EMPTY_GROUP)
-                }
+                Some(g) if !g.is_empty() => Err(codes::NON_EMPTY_GROUP),
                 Some(_) => {
                     let mut g = st.groups.remove(group_id).expect("present");
                     for (t, p) in g.offsets.keys() {
@@ -1507,6 +1731,10 @@ impl Coordinator {
                     }
                     g.writes
                         .push((store::encode_key(&Key::Group(g.id.clone())), None));
+                    if g.cg.is_some() {
+                        g.writes
+                            .push((store::encode_key(&Key::ConsumerGroup(g.id.clone())), None));
+                    }
                     Ok(self.flush(&mut g))
                 }
             }
@@ -1586,7 +1814,7 @@ impl Coordinator {
         let mut st = self.state.lock();
         let mut gone = Vec::new();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
-            if g.state != GroupState::Empty || !g.members.is_empty() || !g.pending.is_empty() {
+            if !g.is_empty() {
                 continue;
             }
             let managed = g.protocol_type.is_some();
@@ -1616,6 +1844,10 @@ impl Coordinator {
             if g.offsets.is_empty() {
                 g.writes
                     .push((store::encode_key(&Key::Group(g.id.clone())), None));
+                if g.cg.is_some() {
+                    g.writes
+                        .push((store::encode_key(&Key::ConsumerGroup(g.id.clone())), None));
+                }
                 gone.push(g.id.clone());
             }
             self.flush_detached(g);
@@ -1673,6 +1905,9 @@ impl Coordinator {
 fn subscribed_topics(g: &Group) -> Vec<String> {
     use kafka_protocol::messages::ConsumerProtocolSubscription;
     use kafka_protocol::protocol::Decodable;
+    if let Some(cg) = &g.cg {
+        return cg.named_topics().into_iter().collect();
+    }
     if g.members.is_empty() || g.protocol_type.as_deref() != Some("consumer") {
         return Vec::new();
     }
@@ -1760,7 +1995,7 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
         return;
     };
     let group_id = match &key {
-        Key::Offset { group, .. } | Key::Group(group) => group.clone(),
+        Key::Offset { group, .. } | Key::Group(group) | Key::ConsumerGroup(group) => group.clone(),
     };
     let value = match value {
         None => None,
@@ -1842,6 +2077,32 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
                 GroupState::Stable
             };
         }
+        (Key::ConsumerGroup(_), None) => {
+            if let Some(g) = st.groups.get_mut(&group_id) {
+                g.cg = None;
+            }
+        }
+        (Key::ConsumerGroup(_), Some(Value::ConsumerGroup(json))) => {
+            let snap: consumer::Snapshot = match serde_json::from_slice(&json) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(group = %group_id, error = %e, "undecodable consumer group snapshot; skipped");
+                    return;
+                }
+            };
+            let g = st
+                .groups
+                .entry(group_id.clone())
+                .or_insert_with(|| Group::new(&group_id, partitions));
+            // Deadlines are set again when the load completes.
+            let cg = consumer::ConsumerGroup::restore(snap, Instant::now(), Duration::ZERO);
+            g.members.clear();
+            g.instances.clear();
+            g.state = GroupState::Empty;
+            g.protocol_type = Some("consumer".to_string());
+            g.protocol = None;
+            g.cg = Some(Box::new(cg));
+        }
         _ => {}
     }
 }
@@ -1873,6 +2134,8 @@ mod tests {
             min_session_timeout_ms: 10,
             max_session_timeout_ms: 600_000,
             initial_rebalance_delay_ms: 0,
+            consumer_heartbeat_interval_ms: 5000,
+            consumer_session_timeout_ms: 45_000,
             offset_metadata_max_bytes: 4096,
             max_size: 1000,
             offsets_retention_ms: 60_000,
@@ -1945,6 +2208,106 @@ mod tests {
             leader_epoch: 1,
             metadata: format!("m{offset}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumer_protocol_groups_are_rebuilt_from_the_log() {
+        struct View;
+        impl consumer::TopicView for View {
+            fn partitions(&self, topic: &str) -> Option<i32> {
+                (topic == "t").then_some(4)
+            }
+            fn names(&self) -> Vec<String> {
+                vec!["t".into()]
+            }
+        }
+        let join = |member: &str| consumer::HeartbeatArgs {
+            group_id: "cg".into(),
+            member_id: member.into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: 30_000,
+            topics: Some(vec!["t".into()]),
+            owned: Some(consumer::Assignment::new()),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = open_partitions(dir.path(), 3);
+        let c = started(parts.clone()).await;
+        let a = c.consumer_heartbeat(join("a"), &View).await;
+        let b = c.consumer_heartbeat(join("b"), &View).await;
+        assert_eq!((a.error, b.error), (codes::NONE, codes::NONE));
+        // a is asked to give up two partitions: that is what a new coordinator must know.
+        let a_owned = a.assignment.clone().expect("a's");
+        let a2 = c
+            .consumer_heartbeat(
+                consumer::HeartbeatArgs {
+                    member_epoch: a.member_epoch,
+                    rebalance_timeout_ms: -1,
+                    topics: None,
+                    owned: Some(a_owned),
+                    ..join("a")
+                },
+                &View,
+            )
+            .await;
+        let kept = a2.assignment.expect("shrunk");
+        assert_eq!(kept.values().map(|p| p.len()).sum::<usize>(), 2);
+        let before = c
+            .describe_consumer("cg")
+            .map_err(|e| e.to_string())
+            .expect("group");
+
+        let again = started(parts.clone()).await;
+        let after = again
+            .describe_consumer("cg")
+            .map_err(|e| e.to_string())
+            .expect("restored");
+        assert_eq!(
+            (after.epoch, after.assignment_epoch),
+            (before.epoch, before.assignment_epoch)
+        );
+        let view = |s: &ConsumerGroupSummary| -> Vec<(String, i32, consumer::Assignment)> {
+            s.members
+                .iter()
+                .map(|m| (m.member_id.clone(), m.member_epoch, m.assignment.clone()))
+                .collect()
+        };
+        assert_eq!(view(&after), view(&before));
+        // The members carry on with the epochs they had: a lets go, b gets the rest.
+        let r = again
+            .consumer_heartbeat(
+                consumer::HeartbeatArgs {
+                    member_epoch: a.member_epoch,
+                    rebalance_timeout_ms: -1,
+                    topics: None,
+                    owned: Some(kept),
+                    ..join("a")
+                },
+                &View,
+            )
+            .await;
+        assert_eq!(r.error, codes::NONE, "{r:?}");
+        let r = again
+            .consumer_heartbeat(
+                consumer::HeartbeatArgs {
+                    member_epoch: b.member_epoch,
+                    rebalance_timeout_ms: -1,
+                    topics: None,
+                    owned: Some(consumer::Assignment::new()),
+                    ..join("b")
+                },
+                &View,
+            )
+            .await;
+        assert_eq!(r.error, codes::NONE, "{r:?}");
+        assert_eq!(
+            r.assignment
+                .expect("b's")
+                .values()
+                .map(|p| p.len())
+                .sum::<usize>(),
+            2
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,11 @@
 //! - group metadata: key v2 `(group)`, value v3 `(protocol type, generation, protocol,
 //!   leader, state timestamp, members)`.
 //!
+//! - consumer-protocol (KIP-848) group: Sluice's own key v100 `(group)` with value v0
+//!   `(JSON snapshot of the group: epochs, target assignment, members and their
+//!   assignments)`, rewritten whole on every change. Kafka spreads this state over key
+//!   versions 3-8; one record per change keeps replay simple and groups are small.
+//!
 //! A null value (tombstone) deletes the key. Values are non-flexible (no tagged fields).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -22,7 +27,12 @@ pub enum Key {
         partition: i32,
     },
     Group(String),
+    /// A consumer-protocol group's snapshot.
+    ConsumerGroup(String),
 }
+
+/// The key version of Sluice's consumer-protocol group snapshots.
+pub const CONSUMER_GROUP_KEY_VERSION: i16 = 100;
 
 /// A committed offset as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +72,8 @@ pub struct GroupValue {
 pub enum Value {
     Offset(OffsetValue),
     Group(GroupValue),
+    /// The JSON snapshot (see `consumer::Snapshot`).
+    ConsumerGroup(Bytes),
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -99,7 +111,19 @@ pub fn encode_key(key: &Key) -> Bytes {
             b.put_i16(2);
             put_str(&mut b, group);
         }
+        Key::ConsumerGroup(group) => {
+            b.put_i16(CONSUMER_GROUP_KEY_VERSION);
+            put_str(&mut b, group);
+        }
     }
+    b.freeze()
+}
+
+/// A consumer-protocol group snapshot's value: version 0, then the JSON.
+pub fn encode_consumer_group(json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(2 + json.len());
+    b.put_i16(0);
+    b.put_slice(json);
     b.freeze()
 }
 
@@ -185,6 +209,7 @@ pub fn decode_key(key: Bytes) -> Option<Key> {
             partition: r.i32()?,
         }),
         2 => Some(Key::Group(r.str()?)),
+        CONSUMER_GROUP_KEY_VERSION => Some(Key::ConsumerGroup(r.str()?)),
         _ => None,
     }
 }
@@ -194,6 +219,7 @@ pub fn decode_value(key: &Key, value: Bytes) -> Option<Value> {
     let mut r = Reader(value);
     let version = r.i16()?;
     match key {
+        Key::ConsumerGroup(_) => (version == 0).then_some(Value::ConsumerGroup(r.0)),
         Key::Offset { .. } => {
             let offset = r.i64()?;
             let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
