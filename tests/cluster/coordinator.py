@@ -5,6 +5,10 @@ commits; the node leading the group's __consumer_offsets partition (its coordina
 SIGKILLed. The offsets committed before the kill must be readable from the new coordinator,
 the consumer must carry on (re-finding its coordinator) and commit the rest, and a fresh
 consumer in the group must start exactly after everything committed. Then the node restarts.
+
+With the argument `consumer` the group uses the consumer protocol (KIP-848,
+`group.protocol=consumer`): the new coordinator restores the group's state from the log, so
+the member keeps its partitions through the failover (librdkafka's on_lost never fires).
 """
 import sys
 import time
@@ -14,8 +18,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster
 STAMP = int(time.time())
-TOPIC = "coord-%d" % STAMP
-GROUP = "coord-group-%d" % STAMP
+PROTOCOL = sys.argv[1] if len(sys.argv) > 1 else "classic"
+TOPIC = "coord-%s-%d" % (PROTOCOL, STAMP)
+GROUP = "coord-group-%s-%d" % (PROTOCOL, STAMP)
 PARTITIONS = 3
 PER_PARTITION = 100
 OFFSETS_PARTITIONS = 50
@@ -36,8 +41,13 @@ def coordinator():
 
 
 def consumer():
-    return Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": GROUP, "enable.auto.commit": False,
-                     "auto.offset.reset": "earliest", "session.timeout.ms": 10000})
+    conf = {"bootstrap.servers": BOOTSTRAP, "group.id": GROUP, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest"}
+    if PROTOCOL == "consumer":
+        conf["group.protocol"] = "consumer"
+    else:
+        conf["session.timeout.ms"] = 10000
+    return Consumer(conf)
 
 
 def consume(c, n, timeout):
@@ -66,7 +76,8 @@ def main():
         raise SystemExit("FAIL: produce did not finish")
     ok = True
     c = consumer()
-    c.subscribe([TOPIC])
+    lost = []
+    c.subscribe([TOPIC], on_lost=lambda consumer, parts: lost.append([p.partition for p in parts]))
     half = PARTITIONS * PER_PARTITION // 2
     seen = consume(c, half, 60)
     c.commit(asynchronous=False)
@@ -108,6 +119,9 @@ def main():
             time.sleep(1)
     final = committed(c)
     c.close()
+    if PROTOCOL == "consumer" and lost:
+        print("FAIL: the member lost its partitions in the failover: %s" % lost)
+        ok = False
     print("consumed %d records in all; committed %s" % (len(seen), final))
     if sorted(set(seen)) != sorted((part, o) for part in range(PARTITIONS) for o in range(PER_PARTITION)):
         print("FAIL: not every record was consumed exactly once (%d seen, %d distinct)" % (len(seen), len(set(seen))))
@@ -124,7 +138,7 @@ def main():
     if extra:
         print("FAIL: a new member re-read %s" % extra)
         ok = False
-    print("coordinator failover test:", "OK" if ok else "FAIL")
+    print("coordinator failover test (%s protocol):" % PROTOCOL, "OK" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
 

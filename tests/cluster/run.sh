@@ -52,6 +52,11 @@ if ! "$PY" "$ROOT/tests/cluster/coordinator.py"; then
     dump_logs
     exit 1
 fi
+echo "==> group coordinator failover, consumer protocol (KIP-848)"
+if ! "$PY" "$ROOT/tests/cluster/coordinator.py" consumer; then
+    dump_logs
+    exit 1
+fi
 echo "==> exactly-once consume-transform-produce with processor crashes"
 if ! "$PY" "$ROOT/tests/cluster/txn_exactly_once.py"; then
     dump_logs
