@@ -128,9 +128,22 @@ struct Args {
     /// Rebalance mode: times one member leaves (and a new one takes its place).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Commit and rebalance modes: partition.assignment.strategy of the group's consumers.
-    #[arg(long, default_value = "range", value_parser = ["range", "roundrobin", "cooperative-sticky"])]
+    /// Commit and rebalance modes: partition.assignment.strategy of the group's consumers
+    /// (classic protocol), or `uniform`: the consumer protocol (KIP-848,
+    /// group.protocol=consumer) with the broker's uniform assignor.
+    #[arg(long, default_value = "range", value_parser = ["range", "roundrobin", "cooperative-sticky", "uniform"])]
     assignor: String,
+}
+
+/// The group protocol and assignor of a consumer: `uniform` is the consumer protocol with
+/// the broker's assignor; anything else a classic client-side assignor.
+fn set_group_protocol(cfg: &mut ClientConfig, assignor: &str) {
+    if assignor == "uniform" {
+        cfg.set("group.protocol", "consumer")
+            .set("group.remote.assignor", "uniform");
+    } else {
+        cfg.set("partition.assignment.strategy", assignor);
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -581,8 +594,8 @@ fn commit(args: &Args) -> anyhow::Result<bool> {
     cfg.set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("partition.assignment.strategy", &args.assignor);
+        .set("enable.partition.eof", "false");
+    set_group_protocol(&mut cfg, &args.assignor);
     for (k, v) in &args.consumer_props {
         cfg.set(k, v);
     }
@@ -778,14 +791,15 @@ fn spawn_member(
     cfg.set("group.id", group_id)
         .set("client.id", format!("sluice-bench-member-{idx}"))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("partition.assignment.strategy", &args.assignor);
+        .set("enable.partition.eof", "false");
+    set_group_protocol(&mut cfg, &args.assignor);
     for (k, v) in &args.consumer_props {
         cfg.set(k, v);
     }
     let ctx = MemberContext {
         idx,
-        cooperative: args.assignor == "cooperative-sticky",
+        // The consumer protocol assigns incrementally, as cooperative-sticky does.
+        cooperative: matches!(args.assignor.as_str(), "cooperative-sticky" | "uniform"),
         shared: shared.clone(),
     };
     let consumer: BaseConsumer<MemberContext> = cfg.create_with_context(ctx).context("consumer")?;
