@@ -134,6 +134,8 @@ impl CgMember {
 /// The state of a consumer-protocol group.
 #[derive(Default)]
 pub struct ConsumerGroup {
+    /// The group id (for logs).
+    pub id: String,
     pub epoch: i32,
     pub assignment_epoch: i32,
     /// The assignor the target was last computed with.
@@ -252,9 +254,11 @@ impl ConsumerGroup {
     }
 
     /// A group as a new coordinator restores it: every member gets a full session (and a
-    /// member still revoking a full rebalance timeout) from `now`.
-    pub fn restore(s: Snapshot, now: Instant, session: Duration) -> ConsumerGroup {
+    /// member still revoking a full rebalance timeout) from `now`. A member still revoking
+    /// counts as owning those partitions until a heartbeat says otherwise.
+    pub fn restore(id: &str, s: Snapshot, now: Instant, session: Duration) -> ConsumerGroup {
         let mut g = ConsumerGroup {
+            id: id.to_string(),
             epoch: s.epoch,
             assignment_epoch: s.assignment_epoch,
             assignor: s.assignor,
@@ -271,7 +275,11 @@ impl ConsumerGroup {
                 m.id.clone(),
                 CgMember {
                     regex: m.regex.and_then(|r| compile_regex(&r).ok().map(|c| (r, c))),
-                    owned: m.assigned.clone(),
+                    owned: {
+                        let mut o = m.assigned.clone();
+                        union_into(&mut o, &m.revoking);
+                        o
+                    },
                     sent: None,
                     deadline: now + session,
                     revoke_deadline: (!m.revoking.is_empty()).then(|| now + rebalance_timeout),
@@ -652,9 +660,9 @@ impl ConsumerGroup {
             m.left = true;
             m.deadline = now + session;
             self.dirty = true;
-            tracing::info!(member = %id, "static member left; its partitions wait for it");
+            tracing::info!(group = %self.id, member = %id, "static member left; its partitions wait for it");
         } else {
-            tracing::info!(member = %id, "member left the group");
+            tracing::info!(group = %self.id, member = %id, "member left the group");
             self.remove(&id);
         }
         HeartbeatAnswer {
@@ -1028,7 +1036,7 @@ mod tests {
         let json = serde_json::to_vec(&snap).expect("json");
         let back: Snapshot = serde_json::from_slice(&json).expect("parse");
         assert_eq!(back, snap);
-        let mut r = ConsumerGroup::restore(back, now, Duration::from_secs(45));
+        let mut r = ConsumerGroup::restore("g", back, now, Duration::from_secs(45));
         assert_eq!(r.snapshot(), snap);
         // a is still revoking two partitions; once it lets go, b gets them, at the same
         // epochs as before the move.

@@ -1638,7 +1638,10 @@ impl Coordinator {
                     &format!("group {} is a classic group with members", g.id),
                 );
             }
-            g.cg = Some(Box::default());
+            g.cg = Some(Box::new(consumer::ConsumerGroup {
+                id: g.id.clone(),
+                ..Default::default()
+            }));
             g.protocol_type = Some("consumer".to_string());
             g.protocol = None;
             g.set_state(GroupState::Empty);
@@ -2095,7 +2098,8 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
                 .entry(group_id.clone())
                 .or_insert_with(|| Group::new(&group_id, partitions));
             // Deadlines are set again when the load completes.
-            let cg = consumer::ConsumerGroup::restore(snap, Instant::now(), Duration::ZERO);
+            let cg =
+                consumer::ConsumerGroup::restore(&group_id, snap, Instant::now(), Duration::ZERO);
             g.members.clear();
             g.instances.clear();
             g.state = GroupState::Empty;
