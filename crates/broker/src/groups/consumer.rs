@@ -1056,6 +1056,27 @@ mod tests {
     }
 
     #[test]
+    fn three_hundred_members_converge_evenly() {
+        let view = Topics(BTreeMap::from([("t".to_string(), 600)]));
+        let s = settings();
+        let now = Instant::now();
+        let mut g = ConsumerGroup::default();
+        let mut owned = BTreeMap::new();
+        for i in 0..300 {
+            let id = format!("m{i:03}");
+            let a = g.heartbeat(join(&id, &["t"]), &s, &view, now);
+            assert_eq!(a.error, codes::NONE);
+            owned.insert(id, (a.member_epoch, a.assignment.unwrap_or_default()));
+        }
+        settle(&mut g, &view, &mut owned);
+        assert_eq!(g.state_name(), "Stable");
+        assert!(owned.values().all(|(_, a)| count(a) == 2), "uneven");
+        // The group snapshot stays small enough to write on every change.
+        let json = serde_json::to_vec(&g.snapshot()).expect("json");
+        assert!(json.len() < 400 * 300, "{} bytes", json.len());
+    }
+
+    #[test]
     fn range_gives_contiguous_ranges_in_member_order() {
         let members = vec![
             ("b".to_string(), BTreeSet::from(["t".to_string()])),
