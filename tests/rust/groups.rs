@@ -1368,3 +1368,263 @@ async fn a_live_consumer_keeps_its_membership_across_a_node_crash() {
     );
     tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
 }
+
+// ------------------------------------------------------------ consumer protocol (KIP-848)
+
+fn kip848_node() -> Node {
+    Node::start(NodeOpts {
+        extra_args: vec![
+            "--offsets-topic-num-partitions".into(),
+            "5".into(),
+            "--group-consumer-heartbeat-interval-ms".into(),
+            "500".into(),
+        ],
+        ..NodeOpts::default()
+    })
+}
+
+fn kip848_consumer(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> StreamConsumer {
+    let mut c = client_config(bootstrap);
+    c.set("group.id", group)
+        .set("group.protocol", "consumer")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .set("enable.partition.eof", "false");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().expect("create consumer-protocol consumer")
+}
+
+/// librdkafka (rdkafka-sys's bundled 2.12) with `group.protocol=consumer`: three members
+/// split six partitions with no partition owned twice on the way, auto-commit stores with
+/// the member epoch, and a leaving member's partitions go to the other two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_members_split_commit_and_hand_over() {
+    let node = kip848_node();
+    let bs = node.bootstrap();
+    let topic = "kip848-six";
+    create_topic(&bs, topic, 6, &[]).await;
+    produce_per_partition(&bs, topic, 6, 10).await;
+    let extra = [
+        ("enable.auto.commit", "true"),
+        ("auto.commit.interval.ms", "200"),
+    ];
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let members: Vec<Arc<StreamConsumer>> = (0..3)
+        .map(|_| Arc::new(kip848_consumer(&bs, "kip848-group", &extra)))
+        .collect();
+    let mut tasks = Vec::new();
+    for m in &members {
+        m.subscribe(&[topic]).expect("subscribe");
+        tasks.push(drive(m.clone(), seen.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let all: BTreeSet<i32> = (0..6).collect();
+    let split = |ms: &[Arc<StreamConsumer>], each: usize| {
+        let sets: Vec<BTreeSet<i32>> = ms.iter().map(|m| assigned(m)).collect();
+        let total: usize = sets.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+        assert!(total == union.len(), "a partition owned twice: {sets:?}");
+        sets.iter().all(|s| s.len() == each) && union == all
+    };
+    wait_until("a 2/2/2 split", Duration::from_secs(30), || {
+        split(&members, 2)
+    })
+    .await;
+    wait_until("all 60 records consumed", Duration::from_secs(30), || {
+        seen.lock().unwrap().iter().collect::<HashSet<_>>().len() == 60
+    })
+    .await;
+    let want = vec![Offset::Offset(10); 6];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..6 {
+            tpl.add_partition(topic, p);
+        }
+        // Committed offsets of the group, read by a client outside it.
+        let got: Vec<Offset> = {
+            let c = client_config(&bs)
+                .set("group.id", "kip848-group")
+                .create::<rdkafka::consumer::BaseConsumer>()
+                .expect("reader");
+            c.committed_offsets(tpl, Duration::from_secs(5))
+                .expect("committed")
+                .elements()
+                .iter()
+                .map(|e| e.offset())
+                .collect()
+        };
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "auto-committed offsets: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut members = members;
+    let mut tasks = tasks;
+    let m0 = members.remove(0);
+    let t0 = tasks.remove(0);
+    close(m0, t0).await;
+    wait_until("two members own all six", Duration::from_secs(15), || {
+        split(&members, 3)
+    })
+    .await;
+    for (m, t) in members.into_iter().zip(tasks) {
+        close(m, t).await;
+    }
+    assert!(
+        plain_log(&node).contains("member left the group"),
+        "the leave went through ConsumerGroupHeartbeat"
+    );
+}
+
+fn cg_join(group: &str, member: &str, topic: &str) -> ConsumerGroupHeartbeatRequest {
+    ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_member_id(s(member))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![TopicName(s(topic))]))
+        .with_topic_partitions(Some(vec![]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_consumer_protocol_requests_get_kafka_error_codes() {
+    let node = kip848_node();
+    let bs = node.bootstrap();
+    create_topic(&bs, "kip848-raw", 2, &[]).await;
+    let addr = node.kafka_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Raw::connect(addr);
+        let g = "kip848-raw-group";
+        // A join without its subscription; an assignor the broker does not have.
+        let r: ConsumerGroupHeartbeatResponse = c.call(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            &cg_join(g, "m1", "kip848-raw").with_subscribed_topic_names(None),
+        );
+        assert_eq!(r.error_code, 42, "INVALID_REQUEST");
+        let r: ConsumerGroupHeartbeatResponse = c.call(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            &cg_join(g, "m1", "kip848-raw").with_server_assignor(Some(s("sticky"))),
+        );
+        assert_eq!(r.error_code, 112, "UNSUPPORTED_ASSIGNOR");
+        let r: ConsumerGroupHeartbeatResponse = c.call(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            &cg_join(g, "m1", "kip848-raw").with_subscribed_topic_regex(Some(s("("))),
+        );
+        assert_eq!(r.error_code, 128, "INVALID_REGULAR_EXPRESSION");
+        // A real join: both partitions, at a positive epoch, with the broker's interval.
+        let r: ConsumerGroupHeartbeatResponse = c.call(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            &cg_join(g, "m1", "kip848-raw"),
+        );
+        assert_eq!(r.error_code, 0);
+        assert!(r.member_epoch > 0);
+        assert_eq!(r.heartbeat_interval_ms, 500);
+        let a = r.assignment.expect("assignment");
+        assert_eq!(a.topic_partitions.len(), 1);
+        assert_eq!(a.topic_partitions[0].partitions, vec![0, 1]);
+        let epoch = r.member_epoch;
+        // Unknown member; an epoch from the future.
+        let beat = |member: &str, e: i32| {
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(s(g)))
+                .with_member_id(s(member))
+                .with_member_epoch(e)
+                .with_rebalance_timeout_ms(-1)
+        };
+        let r: ConsumerGroupHeartbeatResponse =
+            c.call(ApiKey::ConsumerGroupHeartbeat, 1, &beat("nobody", epoch));
+        assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+        let r: ConsumerGroupHeartbeatResponse =
+            c.call(ApiKey::ConsumerGroupHeartbeat, 1, &beat("m1", epoch + 5));
+        assert_eq!(r.error_code, 110, "FENCED_MEMBER_EPOCH");
+        let r: ConsumerGroupHeartbeatResponse =
+            c.call(ApiKey::ConsumerGroupHeartbeat, 1, &beat("m1", epoch));
+        assert_eq!((r.error_code, r.member_epoch), (0, epoch));
+        assert!(r.assignment.is_none(), "unchanged: no assignment sent");
+        // OffsetCommit v9 checks the member epoch.
+        let r: OffsetCommitResponse = c.call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit_req(g, epoch, "m1", "kip848-raw", 3),
+        );
+        assert_eq!(commit_code(&r), 0);
+        let r: OffsetCommitResponse = c.call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit_req(g, epoch - 1, "m1", "kip848-raw", 3),
+        );
+        assert_eq!(commit_code(&r), 113, "STALE_MEMBER_EPOCH");
+        let r: OffsetCommitResponse = c.call(
+            ApiKey::OffsetCommit,
+            9,
+            &commit_req(g, -1, "", "kip848-raw", 3),
+        );
+        assert_eq!(
+            commit_code(&r),
+            25,
+            "no standalone commits into a group with members"
+        );
+        // The classic protocol is refused while the group has members.
+        let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, 5, &join_req(g, "", "consumer"));
+        assert_eq!(r.error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+        // Describe: ConsumerGroupDescribe knows it, DescribeGroups v6 does not.
+        let r: ConsumerGroupDescribeResponse = c.call(
+            ApiKey::ConsumerGroupDescribe,
+            1,
+            &ConsumerGroupDescribeRequest::default()
+                .with_group_ids(vec![GroupId(s(g)), GroupId(s("never-seen"))]),
+        );
+        assert_eq!(r.groups[0].error_code, 0);
+        assert_eq!(r.groups[0].group_state.as_str(), "Stable");
+        assert_eq!(r.groups[0].assignor_name.as_str(), "uniform");
+        assert_eq!(r.groups[0].members[0].member_epoch, epoch);
+        assert_eq!(
+            r.groups[0].members[0].assignment.topic_partitions[0].partitions,
+            vec![0, 1]
+        );
+        assert_eq!(r.groups[1].error_code, 69, "GROUP_ID_NOT_FOUND");
+        let r: DescribeGroupsResponse = c.call(
+            ApiKey::DescribeGroups,
+            6,
+            &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(g))]),
+        );
+        assert_eq!(r.groups[0].error_code, 69, "GROUP_ID_NOT_FOUND");
+        let r: ListGroupsResponse = c.call(
+            ApiKey::ListGroups,
+            5,
+            &ListGroupsRequest::default().with_types_filter(vec![s("consumer")]),
+        );
+        let listed: Vec<(&str, &str, &str)> = r
+            .groups
+            .iter()
+            .map(|l| {
+                (
+                    l.group_id.as_str(),
+                    l.group_type.as_str(),
+                    l.group_state.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(listed, vec![(g, "consumer", "Stable")]);
+        // Leaving (epoch -1) empties it; then a classic member may take the group over.
+        let r: ConsumerGroupHeartbeatResponse =
+            c.call(ApiKey::ConsumerGroupHeartbeat, 1, &beat("m1", -1));
+        assert_eq!((r.error_code, r.member_epoch), (0, -1));
+        let r: JoinGroupResponse = c.call(ApiKey::JoinGroup, 5, &join_req(g, "", "consumer"));
+        assert_eq!(
+            r.error_code, 79,
+            "MEMBER_ID_REQUIRED: a classic join goes ahead"
+        );
+    })
+    .await
+    .expect("raw checks");
+}
