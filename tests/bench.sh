@@ -120,13 +120,13 @@ stop_node
 
 # 7. The same group with the consumer protocol (KIP-848, group.protocol=consumer, the
 #    broker's uniform assignor): the broker sets the heartbeat interval
-#    (group.consumer.heartbeat.interval.ms), run at Kafka's default (5000) and at 1000.
-start_node
+#    (group.consumer.heartbeat.interval.ms), run at Sluice's default (1000) and Kafka's (5000).
+SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS=5000 start_node
 bench --mode rebalance --topic bench-rebalance --partitions 20 --members 10 \
   --rounds "$REBALANCE_ROUNDS" --assignor uniform |
   sed 's/^{/{"phase":"rebalance, 10 members, consumer protocol, group.consumer.heartbeat.interval.ms=5000",/'
 stop_node
-SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS=1000 start_node
+start_node
 bench --mode rebalance --topic bench-rebalance --partitions 20 --members 10 \
   --rounds "$REBALANCE_ROUNDS" --assignor uniform |
   sed 's/^{/{"phase":"rebalance, 10 members, consumer protocol, group.consumer.heartbeat.interval.ms=1000",/'

@@ -23,9 +23,6 @@ set -u -o pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SLUICE_BIN="${SLUICE_BIN:-/var/cache/sluice/target/debug/sluice}"
-# Consumer-protocol (KIP-848) groups reconcile one heartbeat at a time: a one-second
-# interval keeps the group tests short (Kafka's default is five).
-export SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS="${SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS:-1000}"
 VENV="${SLUICE_VENV:-$REPO/.venv}"
 ONLY="${SLUICE_INTEROP_ONLY:-python kcat go}"
 REQS="$REPO/tests/python/requirements.txt"

@@ -4,8 +4,8 @@ partitions over on leave and join with no partition owned twice, commit with the
 epoch, resume from committed offsets, keep their partitions across a quick static restart,
 follow a regular expression subscription; the admin API describes and lists the group.
 
-tests/interop/run.sh starts the broker with group.consumer.heartbeat.interval.ms=1000, so
-reconciliations take a second per step instead of five.
+The broker's default group.consumer.heartbeat.interval.ms (1000) makes every
+reconciliation step take at most a second.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ pub struct BrokerConfig {
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: i32,
     /// `group.consumer.heartbeat.interval.ms`: how often members of consumer-protocol
-    /// (KIP-848) groups heartbeat.
+    /// (KIP-848) groups heartbeat. 1000 (Kafka: 5000): members learn of a rebalance within a
+    /// second, for one small request per member and second.
     pub group_consumer_heartbeat_interval_ms: i32,
     /// `group.consumer.session.timeout.ms`: how long a consumer-protocol member may go
     /// without a heartbeat before it is removed.
@@ -129,7 +130,7 @@ impl Default for BrokerConfig {
             transaction_state_log_num_partitions: 50,
             transactional_id_expiration_ms: 604_800_000,
             group_initial_rebalance_delay_ms: 3000,
-            group_consumer_heartbeat_interval_ms: 5000,
+            group_consumer_heartbeat_interval_ms: 1000,
             group_consumer_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,

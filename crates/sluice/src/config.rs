@@ -132,7 +132,7 @@ pub struct Cli {
     )]
     pub group_initial_rebalance_delay_ms: Option<i32>,
     /// How often members of consumer-protocol (KIP-848, `group.protocol=consumer`) groups
-    /// heartbeat [group.consumer.heartbeat.interval.ms] (default 5000).
+    /// heartbeat [group.consumer.heartbeat.interval.ms] (default 1000; Kafka's is 5000).
     #[arg(
         long,
         env = "SLUICE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS",
