@@ -59,6 +59,9 @@ pub struct BrokerConfig {
     /// `transactional.id.expiration.ms`: a transactional id with no transaction open or
     /// being completed for this long is forgotten.
     pub transactional_id_expiration_ms: i64,
+    /// `producer.id.expiration.ms`: an idempotent producer's sequence state on a partition
+    /// is forgotten after this long without a write from it (and no open transaction).
+    pub producer_id_expiration_ms: i64,
     /// `group.initial.rebalance.delay.ms`: how long a new group waits for more members.
     pub group_initial_rebalance_delay_ms: i32,
     /// `group.consumer.heartbeat.interval.ms`: how often members of consumer-protocol
@@ -129,6 +132,7 @@ impl Default for BrokerConfig {
             offsets_topic_num_partitions: 50,
             transaction_state_log_num_partitions: 50,
             transactional_id_expiration_ms: 604_800_000,
+            producer_id_expiration_ms: crate::producer_state::DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             group_initial_rebalance_delay_ms: 3000,
             group_consumer_heartbeat_interval_ms: 1000,
             group_consumer_session_timeout_ms: 45_000,

@@ -76,32 +76,82 @@ struct BatchMeta {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
+    /// Wall-clock ms of its last write here (or of the replay that restored it).
+    last_ms: i64,
+    /// A transactional batch was written and no marker has ended it yet.
+    open_txn: bool,
 }
 
-/// Sequence state of every idempotent producer that wrote to one partition.
-#[derive(Default)]
+/// Kafka's `producer.id.expiration.ms` default: one day.
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
+
+/// Appends between two sweeps for expired producers.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Sequence state of every idempotent producer that wrote to one partition. A producer with
+/// no write for `producer.id.expiration.ms` and no open transaction is forgotten (swept
+/// every [`SWEEP_EVERY`] appends, so the table is bounded by the producers active within
+/// that time); its next batch must start a new sequence (UNKNOWN_PRODUCER_ID otherwise,
+/// which clients answer by resetting it), as in Kafka.
 pub struct ProducerTable {
     producers: HashMap<i64, ProducerEntry>,
+    expiration_ms: i64,
+    appends: u32,
+}
+
+impl Default for ProducerTable {
+    fn default() -> Self {
+        ProducerTable::new(DEFAULT_PRODUCER_ID_EXPIRATION_MS)
+    }
+}
+
+impl ProducerTable {
+    pub fn new(expiration_ms: i64) -> ProducerTable {
+        ProducerTable {
+            producers: HashMap::new(),
+            expiration_ms,
+            appends: 0,
+        }
+    }
+
+    /// Forgets producers idle since `now_ms - producer.id.expiration.ms` with no open
+    /// transaction. Returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let before = self.producers.len();
+        let limit = now_ms.saturating_sub(self.expiration_ms);
+        self.producers
+            .retain(|_, e| e.open_txn || e.last_ms > limit);
+        before - self.producers.len()
+    }
 }
 
 /// Format of [`BatchFilter::save`]: this byte, then per producer its id (i64), epoch (i16),
-/// batch count (u8) and per batch first and last sequence (i32) and base offset (i64), all
-/// big-endian.
-const STATE_VERSION: u8 = 1;
+/// last write (i64 ms), open transaction (u8), batch count (u8) and per batch first and last
+/// sequence (i32) and base offset (i64), all big-endian. Version 1 (no last write, no open
+/// transaction) is still read: its producers count as written at load time.
+const STATE_VERSION: u8 = 2;
 
-fn decode_state(mut b: &[u8]) -> Option<HashMap<i64, ProducerEntry>> {
+fn decode_state(mut b: &[u8], now_ms: i64) -> Option<HashMap<i64, ProducerEntry>> {
     fn take<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
         let (head, rest) = b.split_first_chunk::<N>()?;
         *b = rest;
         Some(*head)
     }
-    if take::<1>(&mut b)? != [STATE_VERSION] {
+    let [version] = take::<1>(&mut b)?;
+    if version != 1 && version != STATE_VERSION {
         return None;
     }
     let mut producers = HashMap::new();
     while !b.is_empty() {
         let pid = i64::from_be_bytes(take(&mut b)?);
         let epoch = i16::from_be_bytes(take(&mut b)?);
+        let (last_ms, open_txn) = if version >= 2 {
+            let last = i64::from_be_bytes(take(&mut b)?);
+            let [open] = take::<1>(&mut b)?;
+            (last, open != 0)
+        } else {
+            (now_ms, false)
+        };
         let [n] = take::<1>(&mut b)?;
         let mut batches = VecDeque::with_capacity(usize::from(n));
         for _ in 0..n {
@@ -111,7 +161,15 @@ fn decode_state(mut b: &[u8]) -> Option<HashMap<i64, ProducerEntry>> {
                 base_offset: i64::from_be_bytes(take(&mut b)?),
             });
         }
-        producers.insert(pid, ProducerEntry { epoch, batches });
+        producers.insert(
+            pid,
+            ProducerEntry {
+                epoch,
+                batches,
+                last_ms,
+                open_txn,
+            },
+        );
     }
     Some(producers)
 }
@@ -189,6 +247,8 @@ impl BatchFilter for ProducerTable {
         for (pid, entry) in &self.producers {
             out.extend_from_slice(&pid.to_be_bytes());
             out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.extend_from_slice(&entry.last_ms.to_be_bytes());
+            out.push(u8::from(entry.open_txn));
             out.push(entry.batches.len() as u8);
             for b in &entry.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -201,7 +261,7 @@ impl BatchFilter for ProducerTable {
 
     fn load(&mut self, state: &[u8]) -> bool {
         self.producers.clear();
-        match decode_state(state) {
+        match decode_state(state, crate::now_ms()) {
             Some(producers) => {
                 self.producers = producers;
                 true
@@ -211,17 +271,25 @@ impl BatchFilter for ProducerTable {
     }
 
     fn fresh(&self) -> Box<dyn BatchFilter> {
-        Box::new(ProducerTable::default())
+        Box::new(ProducerTable::new(self.expiration_ms))
     }
 
     fn appended(&mut self, batch: &[u8], base_offset: i64, _last_offset: i64) {
         let Ok(h) = BatchHeader::parse(batch) else {
             return;
         };
+        let now = crate::now_ms();
+        self.appends += 1;
+        if self.appends >= SWEEP_EVERY {
+            self.appends = 0;
+            self.expire(now);
+        }
         if h.is_control() && h.producer_id >= 0 {
             // A transaction marker carries the producer's current epoch (bumped when the
             // coordinator fenced it): later writes of older epochs are refused.
             let entry = self.producers.entry(h.producer_id).or_default();
+            entry.last_ms = now;
+            entry.open_txn = false;
             if h.producer_epoch > entry.epoch {
                 entry.epoch = h.producer_epoch;
                 entry.batches.clear();
@@ -232,6 +300,8 @@ impl BatchFilter for ProducerTable {
             return;
         }
         let entry = self.producers.entry(h.producer_id).or_default();
+        entry.last_ms = now;
+        entry.open_txn = h.is_transactional();
         if h.producer_epoch != entry.epoch {
             entry.batches.clear();
             entry.epoch = h.producer_epoch;
@@ -250,7 +320,7 @@ impl BatchFilter for ProducerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use storage::batch::testutil::{build_control_batch, build_producer_batch};
+    use storage::batch::testutil::{build_control_batch, build_producer_batch, build_txn_batch};
 
     fn append(t: &mut ProducerTable, b: &[u8], base: i64) {
         let h = BatchHeader::parse(b).expect("batch");
@@ -292,6 +362,52 @@ mod tests {
                 Admit::Reject(UNKNOWN_PRODUCER_ID)
             );
         }
+    }
+
+    #[test]
+    fn idle_producers_expire_unless_their_transaction_is_open() {
+        let mut t = ProducerTable::new(60_000);
+        append(&mut t, &build_producer_batch(0, 3, 7, 0, 0), 10);
+        append(&mut t, &build_txn_batch(0, 2, 8, 0, 0), 20);
+        let now = crate::now_ms();
+        assert_eq!(t.expire(now + 30_000), 0, "not idle long enough");
+        // The state survives a save and load with its timestamps.
+        let mut u = ProducerTable::new(60_000);
+        assert!(u.load(&t.save()));
+        for table in [&mut t, &mut u] {
+            assert_eq!(
+                table.expire(now + 61_000),
+                1,
+                "producer 7 expired, 8 is in a transaction"
+            );
+            assert_eq!(
+                table.admit(&build_producer_batch(0, 1, 7, 0, 3)),
+                Admit::Reject(UNKNOWN_PRODUCER_ID),
+                "an expired producer must start over"
+            );
+            assert_eq!(table.admit(&build_txn_batch(0, 1, 8, 0, 2)), Admit::Append);
+        }
+        // Its marker ends the transaction: then it expires too.
+        append(&mut t, &build_control_batch(0, 8, 0, 0), 30);
+        assert_eq!(t.expire(crate::now_ms() + 61_000), 1);
+        assert!(t.producers.is_empty());
+    }
+
+    #[test]
+    fn version_1_state_is_still_read() {
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&7i64.to_be_bytes());
+        v1.extend_from_slice(&0i16.to_be_bytes());
+        v1.push(1);
+        v1.extend_from_slice(&0i32.to_be_bytes());
+        v1.extend_from_slice(&2i32.to_be_bytes());
+        v1.extend_from_slice(&10i64.to_be_bytes());
+        let mut t = ProducerTable::default();
+        assert!(t.load(&v1));
+        assert_eq!(
+            t.admit(&build_producer_batch(0, 3, 7, 0, 0)),
+            Admit::Duplicate { base_offset: 10 }
+        );
     }
 
     #[test]

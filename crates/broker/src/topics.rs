@@ -1054,7 +1054,7 @@ fn open_partition(
             group: group_key(topic, partition),
             voters,
         },
-        Box::new(ProducerTable::default()),
+        Box::new(ProducerTable::new(broker.producer_id_expiration_ms)),
     )?;
     replica.set_preferred_leader(replicas.first().map(|r| *r as u64));
     Ok(Arc::new(PartitionState {

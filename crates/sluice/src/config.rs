@@ -123,6 +123,10 @@ pub struct Cli {
     /// [transactional.id.expiration.ms] (default 604800000, 7 days).
     #[arg(long, env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS", value_name = "MS")]
     pub transactional_id_expiration_ms: Option<i64>,
+    /// Forget an idempotent producer's sequence state on a partition after this long
+    /// without a write from it [producer.id.expiration.ms] (default 86400000, 1 day).
+    #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS", value_name = "MS")]
+    pub producer_id_expiration_ms: Option<i64>,
     /// How long a new consumer group waits for more members before its first rebalance
     /// [group.initial.rebalance.delay.ms] (default 3000).
     #[arg(
@@ -286,7 +290,10 @@ const KNOWN_KEYS: &[&str] = &[
     "offsets.topic.num.partitions",
     "transaction.state.log.num.partitions",
     "transactional.id.expiration.ms",
+    "producer.id.expiration.ms",
     "group.initial.rebalance.delay.ms",
+    "group.consumer.heartbeat.interval.ms",
+    "group.consumer.session.timeout.ms",
     "group.min.session.timeout.ms",
     "group.max.session.timeout.ms",
     "offsets.retention.minutes",
@@ -574,6 +581,11 @@ impl Cli {
                 "transactional.id.expiration.ms",
                 d.transactional_id_expiration_ms
             ),
+            producer_id_expiration_ms: pick!(
+                self.producer_id_expiration_ms,
+                "producer.id.expiration.ms",
+                d.producer_id_expiration_ms
+            ),
             group_initial_rebalance_delay_ms: pick!(
                 self.group_initial_rebalance_delay_ms,
                 "group.initial.rebalance.delay.ms",
@@ -632,6 +644,9 @@ impl Cli {
         }
         if broker.transactional_id_expiration_ms < 1 {
             bail!("transactional.id.expiration.ms must be positive");
+        }
+        if broker.producer_id_expiration_ms < 1 {
+            bail!("producer.id.expiration.ms must be positive");
         }
         if broker.group_initial_rebalance_delay_ms < 0 {
             bail!("group.initial.rebalance.delay.ms must not be negative");
