@@ -91,6 +91,28 @@ async fn close(c: Arc<StreamConsumer>, task: tokio::task::JoinHandle<()>) {
         .expect("close consumer");
 }
 
+/// Subscribes the members one after another, `pause` apart (each newcomer triggers a
+/// rebalance), driving each; returns their tasks.
+async fn subscribe_staggered(
+    members: &[Arc<StreamConsumer>],
+    topic: &str,
+    seen: &Arc<Mutex<Vec<(i32, i64)>>>,
+    pause: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for m in members {
+        m.subscribe(&[topic]).expect("subscribe");
+        tasks.push(drive(m.clone(), seen.clone()));
+        tokio::time::sleep(pause).await;
+    }
+    tasks
+}
+
+/// What each member owns now.
+fn owned_sets(ms: &[Arc<StreamConsumer>]) -> Vec<BTreeSet<i32>> {
+    ms.iter().map(|m| assigned(m)).collect()
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -255,16 +277,11 @@ async fn three_cooperative_members_split_six_partitions_with_auto_commit() {
     let members: Vec<Arc<StreamConsumer>> = (0..3)
         .map(|_| Arc::new(group_consumer(&bs, "coop-group", &extra)))
         .collect();
-    let mut tasks = Vec::new();
-    for m in &members {
-        m.subscribe(&[topic]).expect("subscribe");
-        tasks.push(drive(m.clone(), seen.clone()));
-        // Staggered joins: each newcomer triggers an incremental rebalance.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-    }
+    // Staggered joins: each newcomer triggers an incremental rebalance.
+    let tasks = subscribe_staggered(&members, topic, &seen, Duration::from_millis(700)).await;
     let all: BTreeSet<i32> = (0..6).collect();
     let split_ok = |ms: &[Arc<StreamConsumer>]| {
-        let sets: Vec<BTreeSet<i32>> = ms.iter().map(|m| assigned(m)).collect();
+        let sets = owned_sets(ms);
         let total: usize = sets.iter().map(|s| s.len()).sum();
         let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
         sets.iter().all(|s| !s.is_empty()) && total == 6 && union == all
@@ -273,7 +290,7 @@ async fn three_cooperative_members_split_six_partitions_with_auto_commit() {
         split_ok(&members)
     })
     .await;
-    let sets: Vec<BTreeSet<i32>> = members.iter().map(|m| assigned(m)).collect();
+    let sets = owned_sets(&members);
     eprintln!("cooperative split: {sets:?}");
     assert!(
         sets.iter().all(|s| s.len() == 2),
@@ -1415,15 +1432,10 @@ async fn consumer_protocol_members_split_commit_and_hand_over() {
     let members: Vec<Arc<StreamConsumer>> = (0..3)
         .map(|_| Arc::new(kip848_consumer(&bs, "kip848-group", &extra)))
         .collect();
-    let mut tasks = Vec::new();
-    for m in &members {
-        m.subscribe(&[topic]).expect("subscribe");
-        tasks.push(drive(m.clone(), seen.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let tasks = subscribe_staggered(&members, topic, &seen, Duration::from_millis(300)).await;
     let all: BTreeSet<i32> = (0..6).collect();
     let split = |ms: &[Arc<StreamConsumer>], each: usize| {
-        let sets: Vec<BTreeSet<i32>> = ms.iter().map(|m| assigned(m)).collect();
+        let sets = owned_sets(ms);
         let total: usize = sets.iter().map(|s| s.len()).sum();
         let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
         assert!(total == union.len(), "a partition owned twice: {sets:?}");

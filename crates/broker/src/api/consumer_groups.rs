@@ -18,9 +18,6 @@ use crate::{sb, Broker};
 
 use super::{codes, Reply};
 
-/// Group operations allowed without ACLs: READ, DELETE, DESCRIBE (Kafka's AclOperation bits).
-const GROUP_OPS_ALL: i32 = (1 << 3) | (1 << 6) | (1 << 8);
-
 /// The broker's topics as the group coordinator sees them.
 struct Topics<'a>(&'a Broker);
 
@@ -167,11 +164,7 @@ fn heartbeat_args(
         regex: req.subscribed_topic_regex.map(|s| s.to_string()),
         assignor: req.server_assignor.map(|s| s.to_string()),
         owned,
-        client_id: header
-            .client_id
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        client_id: super::client_id(header),
         client_host: format!("/{}", peer.ip()),
     })
 }
@@ -196,11 +189,7 @@ pub fn consumer_group_describe(
     broker: &Broker,
     req: ConsumerGroupDescribeRequest,
 ) -> ConsumerGroupDescribeResponse {
-    let ops = if req.include_authorized_operations {
-        GROUP_OPS_ALL
-    } else {
-        i32::MIN
-    };
+    let ops = super::groups::group_ops(req.include_authorized_operations);
     let groups = req
         .group_ids
         .into_iter()

@@ -40,6 +40,16 @@ fn committed_fields(v: Option<crate::groups::store::OffsetValue>) -> (i64, i32, 
 /// Group operations allowed without ACLs: READ, DELETE, DESCRIBE (Kafka's AclOperation bits).
 const GROUP_OPS_ALL: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
+/// A describe answer's authorized operations: all of them when asked for, else Kafka's
+/// "not requested" value.
+pub(super) fn group_ops(requested: bool) -> i32 {
+    if requested {
+        GROUP_OPS_ALL
+    } else {
+        i32::MIN
+    }
+}
+
 pub fn find_coordinator(
     broker: &Broker,
     req: FindCoordinatorRequest,
@@ -122,11 +132,7 @@ pub fn join_group(
         group_id: req.group_id.to_string(),
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
-        client_id: header
-            .client_id
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        client_id: super::client_id(header),
         client_host: format!("/{}", peer.ip()),
         session_timeout_ms: req.session_timeout_ms,
         // v0 has no rebalance timeout: the session timeout serves as both.
@@ -473,11 +479,7 @@ pub fn describe_groups(
     req: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
-    let ops = if req.include_authorized_operations {
-        GROUP_OPS_ALL
-    } else {
-        i32::MIN
-    };
+    let ops = group_ops(req.include_authorized_operations);
     let groups = req
         .groups
         .into_iter()

@@ -74,6 +74,15 @@ pub(crate) fn ready(r: ResponseKind) -> Reply {
     Box::pin(std::future::ready(Some(r)))
 }
 
+/// The client id a request header names ("" when none).
+pub(crate) fn client_id(header: &RequestHeader) -> String {
+    header
+        .client_id
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
+}
+
 /// Who sent a request: the peer's address and the listener (an index into the broker's
 /// `listeners`) it connected on, which decides the addresses Metadata answers with.
 #[derive(Debug, Clone, Copy)]
