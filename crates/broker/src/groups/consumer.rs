@@ -10,7 +10,8 @@
 //!   wait as *revoking* (its epoch stays) until a heartbeat reports it no longer owns them;
 //!   a member that does not let go within its rebalance timeout is removed;
 //! - then it moves to the assignment epoch and gets its target minus the partitions other
-//!   members still hold or are revoking (*unreleased*); those come on a later heartbeat.
+//!   members still hold or are revoking (*unreleased*); those come on a later heartbeat,
+//!   and until then its heartbeat interval is a fifth of the usual one.
 //!
 //! So a partition is never assigned to two members at once. A heartbeat carries the member
 //! epoch it knows: a newer one than the coordinator's, or an older one that is not the
@@ -28,6 +29,10 @@ use super::GroupSettings;
 
 /// Partitions by topic name.
 pub type Assignment = BTreeMap<String, BTreeSet<i32>>;
+
+/// The shortest heartbeat interval given to a member waiting for unreleased partitions
+/// (it gets a fifth of `group.consumer.heartbeat.interval.ms`).
+const WAITING_HEARTBEAT_MIN_MS: i32 = 50;
 
 /// The server-side assignors, the first being the default.
 pub const ASSIGNORS: &[&str] = &["uniform", "range"];
@@ -614,6 +619,18 @@ impl ConsumerGroup {
             self.compute_target(view, ASSIGNORS[0]);
         }
         self.reconcile(&id, now);
+        // A member waiting for partitions others still hold is asked back sooner: they are
+        // released as soon as the owners' next heartbeats report them revoked.
+        let waiting = {
+            let m = &self.members[&id];
+            m.revoking.is_empty() && m.assigned != self.target_of(&id)
+        };
+        let interval = s.consumer_heartbeat_interval_ms;
+        let interval = if waiting {
+            (interval / 5).max(WAITING_HEARTBEAT_MIN_MS).min(interval)
+        } else {
+            interval
+        };
         let m = self.members.get_mut(&id).expect("member");
         let assignment = if full || m.sent.as_ref() != Some(&m.assigned) {
             m.sent = Some(m.assigned.clone());
@@ -626,7 +643,7 @@ impl ConsumerGroup {
             message: None,
             member_id: id,
             member_epoch: m.epoch,
-            heartbeat_interval_ms: s.consumer_heartbeat_interval_ms,
+            heartbeat_interval_ms: interval,
             assignment,
         }
     }
@@ -941,8 +958,10 @@ mod tests {
         assert_eq!(count(a.assignment.as_ref().expect("assignment")), 6);
         owned.insert("a".to_string(), (a.member_epoch, a.assignment.expect("a")));
         let b = g.heartbeat(join("b", &["t"]), &s, &view, now);
-        // b waits for the partitions a still holds.
+        // b waits for the partitions a still holds, and is asked back sooner than usual.
         assert_eq!(count(b.assignment.as_ref().expect("assignment")), 0);
+        assert_eq!(b.heartbeat_interval_ms, 1000);
+        assert_eq!(a.heartbeat_interval_ms, 5000);
         owned.insert("b".to_string(), (b.member_epoch, Assignment::new()));
         settle(&mut g, &view, &mut owned);
         assert_eq!(count(&owned["a"].1), 3);

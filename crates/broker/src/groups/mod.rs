@@ -904,8 +904,13 @@ impl Coordinator {
         let mut st = self.state.lock();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             if let Some(cg) = g.cg.as_mut() {
-                for id in cg.expire(now) {
+                let gone = cg.expire(now);
+                for id in &gone {
                     tracing::info!(group = %g.id, member = %id, "consumer-protocol member removed: session expired or partitions not revoked in time");
+                }
+                if !gone.is_empty() && cg.members.is_empty() {
+                    // Offsets of an empty group expire from now on (offsets.retention.minutes).
+                    g.state_since_ms = now_ms();
                 }
                 g.persist_consumer();
                 self.flush_detached(g);
