@@ -1640,3 +1640,138 @@ async fn raw_consumer_protocol_requests_get_kafka_error_codes() {
     .await
     .expect("raw checks");
 }
+
+/// Per member: its epoch and partitions, as last answered.
+type Published = Arc<Mutex<Vec<(i32, Vec<i32>)>>>;
+
+/// One consumer-protocol member over its own connection: joins, then heartbeats (at the
+/// interval it is given, at most 200 ms apart) reporting what it was last assigned, which
+/// it publishes in `owned[i]`, until `stop`.
+fn raw_cg_member(
+    addr: SocketAddr,
+    group: &str,
+    topic: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    owned: Published,
+    i: usize,
+) {
+    let mut c = Raw::connect(addr);
+    let member = format!("crowd-member-{i}");
+    let mut epoch = 0;
+    let mut have: Vec<consumer_group_heartbeat_request::TopicPartitions> = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let req = if epoch == 0 {
+            cg_join(group, &member, topic)
+        } else {
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_member_id(s(&member))
+                .with_member_epoch(epoch)
+                .with_rebalance_timeout_ms(-1)
+                .with_topic_partitions(Some(have.clone()))
+        };
+        let r: ConsumerGroupHeartbeatResponse = c.call(ApiKey::ConsumerGroupHeartbeat, 1, &req);
+        assert_eq!(r.error_code, 0, "member {i}: {:?}", r.error_message);
+        epoch = r.member_epoch;
+        if let Some(a) = r.assignment {
+            have = a
+                .topic_partitions
+                .iter()
+                .map(|tp| {
+                    consumer_group_heartbeat_request::TopicPartitions::default()
+                        .with_topic_id(tp.topic_id)
+                        .with_partitions(tp.partitions.clone())
+                })
+                .collect();
+            let parts: Vec<i32> = a
+                .topic_partitions
+                .iter()
+                .flat_map(|tp| tp.partitions.iter().copied())
+                .collect();
+            owned.lock().unwrap()[i] = (epoch, parts);
+        } else {
+            owned.lock().unwrap()[i].0 = epoch;
+        }
+        let pause = r.heartbeat_interval_ms.clamp(10, 200);
+        std::thread::sleep(Duration::from_millis(pause as u64));
+    }
+}
+
+/// Two hundred consumer-protocol members on 400 partitions: the group reaches Stable with
+/// two partitions each and none owned twice, while another client's requests to the
+/// coordinator keep being answered (every change of the group is a snapshot write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_consumer_protocol_members_converge() {
+    const N: usize = 200;
+    let node = kip848_node();
+    let bs = node.bootstrap();
+    create_topic(&bs, "crowd-848", 400, &[]).await;
+    let addr = node.kafka_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let owned = Arc::new(Mutex::new(vec![(0, Vec::new()); N]));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let (stop, owned) = (stop.clone(), owned.clone());
+            std::thread::spawn(move || {
+                raw_cg_member(addr, "crowd-848", "crowd-848", stop, owned, i)
+            })
+        })
+        .collect();
+    let probe = tokio::task::spawn_blocking(move || {
+        let mut c = Raw::connect(addr);
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        loop {
+            let t = Instant::now();
+            let r: ConsumerGroupDescribeResponse = c.call(
+                ApiKey::ConsumerGroupDescribe,
+                1,
+                &ConsumerGroupDescribeRequest::default()
+                    .with_group_ids(vec![GroupId(s("crowd-848"))]),
+            );
+            slowest = slowest.max(t.elapsed());
+            let g = &r.groups[0];
+            if g.group_state.as_str() == "Stable" && g.members.len() == N {
+                return (started.elapsed(), slowest);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "no convergence: {} members, {} (error {})",
+                g.members.len(),
+                g.group_state.as_str(),
+                g.error_code
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (took, slowest) = probe.await.expect("probe");
+    eprintln!("{N} consumer-protocol members stable after {took:?}; slowest describe {slowest:?}");
+    wait_until(
+        "every member holds its two partitions",
+        Duration::from_secs(30),
+        || owned.lock().unwrap().iter().all(|(_, p)| p.len() == 2),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        tokio::task::spawn_blocking(move || t.join().expect("member thread"))
+            .await
+            .expect("join");
+    }
+    let all: Vec<i32> = owned
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, p)| p.iter().copied())
+        .collect();
+    let distinct: BTreeSet<i32> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (400, 400),
+        "each partition owned once"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "coordinator stalled for {slowest:?}"
+    );
+}

@@ -151,20 +151,22 @@ pub struct ConsumerGroup {
     pub metadata: BTreeMap<String, i32>,
     /// group.instance.id -> member id of static members.
     pub instances: HashMap<String, String>,
-    /// Something durable changed since the last snapshot was taken.
-    pub dirty: bool,
+    /// The group-level record changed since the last [`ConsumerGroup::take_writes`].
+    dirty_group: bool,
+    /// Members whose record changed since then.
+    dirty_members: BTreeSet<String>,
+    /// Members removed since then (their records get tombstones).
+    removed: Vec<String>,
 }
 
-/// What is written to `__consumer_offsets` for a consumer-protocol group (JSON), and
-/// restored from it by a new coordinator.
+/// The group-level record of a consumer-protocol group in `__consumer_offsets` (JSON):
+/// restored by a new coordinator together with one [`MemberSnapshot`] per member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct GroupMeta {
     pub epoch: i32,
     pub assignment_epoch: i32,
     pub assignor: String,
     pub metadata: BTreeMap<String, i32>,
-    pub target: BTreeMap<String, Assignment>,
-    pub members: Vec<MemberSnapshot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,7 +185,13 @@ pub struct MemberSnapshot {
     pub assigned: Assignment,
     pub revoking: Assignment,
     pub left: bool,
+    /// Its target assignment.
+    pub target: Assignment,
 }
+
+/// What to write for a group: its group-level record if it changed, and per changed member
+/// its record (None: a tombstone).
+pub type Writes = (Option<GroupMeta>, Vec<(String, Option<MemberSnapshot>)>);
 
 fn contains_any(a: &Assignment, b: &Assignment) -> bool {
     a.iter()
@@ -223,94 +231,127 @@ pub fn compile_regex(re: &str) -> Result<regex::Regex, String> {
 }
 
 impl ConsumerGroup {
-    /// The durable part of the group.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    /// An empty group.
+    pub fn new(id: &str) -> ConsumerGroup {
+        ConsumerGroup {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether anything durable changed since the last [`ConsumerGroup::take_writes`].
+    pub fn dirty(&self) -> bool {
+        self.dirty_group || !self.dirty_members.is_empty() || !self.removed.is_empty()
+    }
+
+    /// The records to write for what changed: a member's own change costs one member
+    /// record, whatever the size of the group.
+    pub fn take_writes(&mut self) -> Writes {
+        let meta = std::mem::take(&mut self.dirty_group).then(|| GroupMeta {
             epoch: self.epoch,
             assignment_epoch: self.assignment_epoch,
             assignor: self.assignor.clone(),
             metadata: self.metadata.clone(),
-            target: self
-                .target
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            members: self
-                .members
-                .values()
-                .map(|m| MemberSnapshot {
-                    id: m.id.clone(),
-                    instance_id: m.instance_id.clone(),
-                    rack_id: m.rack_id.clone(),
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
-                    topics: m.topics.clone(),
-                    regex: m.regex.as_ref().map(|(s, _)| s.clone()),
-                    assignor: m.assignor.clone(),
-                    epoch: m.epoch,
-                    previous_epoch: m.previous_epoch,
-                    assigned: m.assigned.clone(),
-                    revoking: m.revoking.clone(),
-                    left: m.left,
-                })
-                .collect(),
+        });
+        let mut out: Vec<(String, Option<MemberSnapshot>)> = std::mem::take(&mut self.removed)
+            .into_iter()
+            .filter(|id| !self.members.contains_key(id))
+            .map(|id| (id, None))
+            .collect();
+        for id in std::mem::take(&mut self.dirty_members) {
+            if let Some(m) = self.members.get(&id) {
+                out.push((id.clone(), Some(self.member_snapshot(m))));
+            }
+        }
+        (meta, out)
+    }
+
+    fn member_snapshot(&self, m: &CgMember) -> MemberSnapshot {
+        MemberSnapshot {
+            id: m.id.clone(),
+            instance_id: m.instance_id.clone(),
+            rack_id: m.rack_id.clone(),
+            client_id: m.client_id.clone(),
+            client_host: m.client_host.clone(),
+            rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+            topics: m.topics.clone(),
+            regex: m.regex.as_ref().map(|(s, _)| s.clone()),
+            assignor: m.assignor.clone(),
+            epoch: m.epoch,
+            previous_epoch: m.previous_epoch,
+            assigned: m.assigned.clone(),
+            revoking: m.revoking.clone(),
+            left: m.left,
+            target: self.target_of(&m.id),
         }
     }
 
-    /// A group as a new coordinator restores it: every member gets a full session (and a
-    /// member still revoking a full rebalance timeout) from `now`. A member still revoking
-    /// counts as owning those partitions until a heartbeat says otherwise.
-    pub fn restore(id: &str, s: Snapshot, now: Instant, session: Duration) -> ConsumerGroup {
-        let mut g = ConsumerGroup {
-            id: id.to_string(),
-            epoch: s.epoch,
-            assignment_epoch: s.assignment_epoch,
-            assignor: s.assignor,
-            metadata: s.metadata,
-            target: s.target.into_iter().collect(),
-            ..Default::default()
-        };
-        for m in s.members {
-            if let Some(i) = &m.instance_id {
-                g.instances.insert(i.clone(), m.id.clone());
+    /// Replay: the group-level record.
+    pub fn apply_meta(&mut self, meta: GroupMeta) {
+        self.epoch = meta.epoch;
+        self.assignment_epoch = meta.assignment_epoch;
+        self.assignor = meta.assignor;
+        self.metadata = meta.metadata;
+    }
+
+    /// Replay: a member's record (None: it was removed). Deadlines are set by
+    /// [`ConsumerGroup::touch_all`] once the load is done. A member still revoking counts
+    /// as owning those partitions until a heartbeat says otherwise.
+    pub fn apply_member(&mut self, id: &str, m: Option<MemberSnapshot>) {
+        let Some(m) = m else {
+            if let Some(old) = self.members.shift_remove(id) {
+                if let Some(i) = &old.instance_id {
+                    if self.instances.get(i).map(String::as_str) == Some(id) {
+                        self.instances.remove(i);
+                    }
+                }
             }
-            let rebalance_timeout = Duration::from_millis(m.rebalance_timeout_ms);
-            g.members.insert(
-                m.id.clone(),
-                CgMember {
-                    regex: m.regex.and_then(|r| compile_regex(&r).ok().map(|c| (r, c))),
-                    owned: {
-                        let mut o = m.assigned.clone();
-                        union_into(&mut o, &m.revoking);
-                        o
-                    },
-                    sent: None,
-                    deadline: now + session,
-                    revoke_deadline: (!m.revoking.is_empty()).then(|| now + rebalance_timeout),
-                    id: m.id,
-                    instance_id: m.instance_id,
-                    rack_id: m.rack_id,
-                    client_id: m.client_id,
-                    client_host: m.client_host,
-                    rebalance_timeout,
-                    topics: m.topics,
-                    assignor: m.assignor,
-                    epoch: m.epoch,
-                    previous_epoch: m.previous_epoch,
-                    assigned: m.assigned,
-                    revoking: m.revoking,
-                    left: m.left,
-                },
-            );
+            self.target.remove(id);
+            return;
+        };
+        if let Some(i) = &m.instance_id {
+            self.instances.insert(i.clone(), m.id.clone());
         }
-        g
+        if m.target.is_empty() {
+            self.target.remove(&m.id);
+        } else {
+            self.target.insert(m.id.clone(), m.target);
+        }
+        let now = Instant::now();
+        let rebalance_timeout = Duration::from_millis(m.rebalance_timeout_ms);
+        self.members.insert(
+            m.id.clone(),
+            CgMember {
+                regex: m.regex.and_then(|r| compile_regex(&r).ok().map(|c| (r, c))),
+                owned: {
+                    let mut o = m.assigned.clone();
+                    union_into(&mut o, &m.revoking);
+                    o
+                },
+                sent: None,
+                deadline: now,
+                revoke_deadline: (!m.revoking.is_empty()).then(|| now + rebalance_timeout),
+                id: m.id,
+                instance_id: m.instance_id,
+                rack_id: m.rack_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                rebalance_timeout,
+                topics: m.topics,
+                assignor: m.assignor,
+                epoch: m.epoch,
+                previous_epoch: m.previous_epoch,
+                assigned: m.assigned,
+                revoking: m.revoking,
+                left: m.left,
+            },
+        );
     }
 
     /// A new group epoch: membership or subscriptions changed.
     fn bump(&mut self) {
         self.epoch += 1;
-        self.dirty = true;
+        self.dirty_group = true;
     }
 
     /// Kafka's consumer group states.
@@ -365,6 +406,8 @@ impl ConsumerGroup {
                 }
             }
             self.target.remove(id);
+            self.dirty_members.remove(id);
+            self.removed.push(id.to_string());
             self.bump();
         }
     }
@@ -401,12 +444,20 @@ impl ConsumerGroup {
             .values()
             .map(|m| (m.id.clone(), m.subscribed(view, &mut names)))
             .collect();
-        self.target = match assignor.as_str() {
+        let target = match assignor.as_str() {
             "range" => range(&subs, &self.metadata),
             _ => uniform(&subs, &self.metadata, &self.target),
         };
+        for id in self.members.keys() {
+            let empty = Assignment::new();
+            if target.get(id).unwrap_or(&empty) != self.target.get(id).unwrap_or(&empty) {
+                self.dirty_members.insert(id.clone());
+            }
+        }
+        self.target = target;
         self.assignor = assignor;
         self.assignment_epoch = self.epoch;
+        self.dirty_group = true;
     }
 
     /// Moves member `id` one step towards its target (see the module's notes).
@@ -424,7 +475,7 @@ impl ConsumerGroup {
         let before = (m.epoch, m.assigned.clone(), m.revoking.clone());
         Self::step(m, &target, &held, epoch, now);
         if before != (m.epoch, m.assigned.clone(), m.revoking.clone()) {
-            self.dirty = true;
+            self.dirty_members.insert(id.to_string());
         }
     }
 
@@ -502,7 +553,9 @@ impl ConsumerGroup {
                     }
                     self.instances.insert(inst.clone(), id.clone());
                     self.members.insert(id.clone(), m);
-                    self.dirty = true;
+                    self.removed.push(old.clone());
+                    self.dirty_members.remove(&old);
+                    self.dirty_members.insert(id.clone());
                 }
             }
             match self.members.get_mut(&id) {
@@ -514,13 +567,13 @@ impl ConsumerGroup {
                     m.epoch = 0;
                     m.previous_epoch = 0;
                     m.sent = None;
-                    self.dirty = true;
+                    self.dirty_members.insert(id.clone());
                 }
                 Some(m) => {
                     // A static member back under its own member id.
                     m.left = false;
                     m.sent = None;
-                    self.dirty = true;
+                    self.dirty_members.insert(id.clone());
                 }
                 None => {
                     if self.members.len() >= s.max_size {
@@ -552,6 +605,7 @@ impl ConsumerGroup {
                             left: false,
                         },
                     );
+                    self.dirty_members.insert(id.clone());
                     self.bump();
                 }
             }
@@ -676,7 +730,7 @@ impl ConsumerGroup {
             let m = self.members.get_mut(&id).expect("member");
             m.left = true;
             m.deadline = now + session;
-            self.dirty = true;
+            self.dirty_members.insert(id.clone());
             tracing::info!(group = %self.id, member = %id, "static member left; its partitions wait for it");
         } else {
             tracing::info!(group = %self.id, member = %id, "member left the group");
@@ -1036,42 +1090,68 @@ mod tests {
         );
     }
 
+    /// Replays records as a new coordinator would (through JSON, as stored).
+    fn replay(into: &mut ConsumerGroup, w: Writes) {
+        let (meta, members) = w;
+        if let Some(meta) = meta {
+            let json = serde_json::to_vec(&meta).expect("json");
+            into.apply_meta(serde_json::from_slice(&json).expect("parse"));
+        }
+        for (id, m) in members {
+            let json = serde_json::to_vec(&m).expect("json");
+            into.apply_member(&id, serde_json::from_slice(&json).expect("parse"));
+        }
+    }
+
     #[test]
-    fn a_restored_group_continues_where_the_snapshot_left_it() {
+    fn a_restored_group_continues_where_the_records_left_it() {
         let view = Topics(BTreeMap::from([("t".to_string(), 4)]));
         let s = settings();
         let now = Instant::now();
         let mut g = ConsumerGroup::default();
+        let mut r = ConsumerGroup::default();
         let a = g.heartbeat(join("a", &["t"]), &s, &view, now);
+        replay(&mut r, g.take_writes());
         let b = g.heartbeat(join("b", &["t"]), &s, &view, now);
-        assert!(g.dirty);
+        replay(&mut r, g.take_writes());
         let a2 = g.heartbeat(
             beat("a", a.member_epoch, &a.assignment.clone().expect("a")),
             &s,
             &view,
             now,
         );
-        let snap = g.snapshot();
-        let json = serde_json::to_vec(&snap).expect("json");
-        let back: Snapshot = serde_json::from_slice(&json).expect("parse");
-        assert_eq!(back, snap);
-        let mut r = ConsumerGroup::restore("g", back, now, Duration::from_secs(45));
-        assert_eq!(r.snapshot(), snap);
-        // a is still revoking two partitions; once it lets go, b gets them, at the same
-        // epochs as before the move.
+        let w = g.take_writes();
+        assert!(w.0.is_none(), "a's revocation changes only a's record");
+        assert_eq!(w.1.len(), 1);
+        replay(&mut r, w);
+        assert!(!g.dirty());
+        // A member that joins and leaves again leaves a tombstone.
+        g.heartbeat(join("c", &["t"]), &s, &view, now);
+        g.heartbeat(
+            HeartbeatArgs {
+                member_epoch: -1,
+                ..beat("c", 1, &Assignment::new())
+            },
+            &s,
+            &view,
+            now,
+        );
+        replay(&mut r, g.take_writes());
+        assert!(!r.members.contains_key("c"));
+        assert_eq!((r.epoch, r.assignment_epoch), (g.epoch, g.assignment_epoch));
+        r.touch_all(now, Duration::from_secs(45));
+        // a is still revoking two partitions; once it lets go, b gets them.
         let kept = a2.assignment.expect("shrunk");
         let ans = r.heartbeat(beat("a", a.member_epoch, &kept), &s, &view, now);
-        assert_eq!(ans.error, codes::NONE);
+        assert_eq!(ans.error, codes::NONE, "{ans:?}");
         let ans = r.heartbeat(
             beat("b", b.member_epoch, &Assignment::new()),
             &s,
             &view,
             now,
         );
-        assert_eq!(
-            (ans.error, count(&ans.assignment.expect("b's"))),
-            (codes::NONE, 2)
-        );
+        assert_eq!(ans.error, codes::NONE, "{ans:?}");
+        assert_eq!(count(&ans.assignment.expect("b's")), 2);
     }
 
     #[test]
@@ -1090,9 +1170,11 @@ mod tests {
         settle(&mut g, &view, &mut owned);
         assert_eq!(g.state_name(), "Stable");
         assert!(owned.values().all(|(_, a)| count(a) == 2), "uneven");
-        // The group snapshot stays small enough to write on every change.
-        let json = serde_json::to_vec(&g.snapshot()).expect("json");
-        assert!(json.len() < 400 * 300, "{} bytes", json.len());
+        // A steady heartbeat writes nothing.
+        g.take_writes();
+        let (e, have) = owned["m007"].clone();
+        g.heartbeat(beat("m007", e, &have), &s, &view, now);
+        assert!(!g.dirty());
     }
 
     #[test]

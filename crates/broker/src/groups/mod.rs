@@ -497,17 +497,29 @@ impl Group {
         ));
     }
 
-    /// Queues the consumer-protocol group's snapshot if it changed.
+    /// Queues the consumer-protocol group's changed records.
     fn persist_consumer(&mut self) {
-        let Some(cg) = self.cg.as_mut().filter(|c| c.dirty) else {
+        let Some(cg) = self.cg.as_mut().filter(|c| c.dirty()) else {
             return;
         };
-        cg.dirty = false;
-        let json = serde_json::to_vec(&cg.snapshot()).expect("a snapshot serialises");
-        self.writes.push((
-            store::encode_key(&Key::ConsumerGroup(self.id.clone())),
-            Some(store::encode_consumer_group(&json)),
-        ));
+        let (meta, members) = cg.take_writes();
+        if let Some(meta) = meta {
+            let json = serde_json::to_vec(&meta).expect("group record serialises");
+            self.writes.push((
+                store::encode_key(&Key::ConsumerGroup(self.id.clone())),
+                Some(store::encode_json(&json)),
+            ));
+        }
+        for (member, m) in members {
+            let value = m.map(|m| {
+                store::encode_json(&serde_json::to_vec(&m).expect("member record serialises"))
+            });
+            let key = Key::ConsumerGroupMember {
+                group: self.id.clone(),
+                member,
+            };
+            self.writes.push((store::encode_key(&key), value));
+        }
     }
 
     /// FENCED_INSTANCE_ID if `instance_id` belongs to another member.
@@ -1643,10 +1655,7 @@ impl Coordinator {
                     &format!("group {} is a classic group with members", g.id),
                 );
             }
-            g.cg = Some(Box::new(consumer::ConsumerGroup {
-                id: g.id.clone(),
-                ..Default::default()
-            }));
+            g.cg = Some(Box::new(consumer::ConsumerGroup::new(&g.id)));
             g.protocol_type = Some("consumer".to_string());
             g.protocol = None;
             g.set_state(GroupState::Empty);
@@ -2003,7 +2012,10 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
         return;
     };
     let group_id = match &key {
-        Key::Offset { group, .. } | Key::Group(group) | Key::ConsumerGroup(group) => group.clone(),
+        Key::Offset { group, .. }
+        | Key::Group(group)
+        | Key::ConsumerGroup(group)
+        | Key::ConsumerGroupMember { group, .. } => group.clone(),
     };
     let value = match value {
         None => None,
@@ -2090,30 +2102,56 @@ fn apply_record(st: &mut State, partitions: usize, key: Option<Bytes>, value: Op
                 g.cg = None;
             }
         }
-        (Key::ConsumerGroup(_), Some(Value::ConsumerGroup(json))) => {
-            let snap: consumer::Snapshot = match serde_json::from_slice(&json) {
-                Ok(s) => s,
+        (Key::ConsumerGroup(_), Some(Value::Json(json))) => {
+            let meta: consumer::GroupMeta = match serde_json::from_slice(&json) {
+                Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(group = %group_id, error = %e, "undecodable consumer group snapshot; skipped");
+                    tracing::warn!(group = %group_id, error = %e, "undecodable consumer group record; skipped");
                     return;
                 }
             };
-            let g = st
-                .groups
-                .entry(group_id.clone())
-                .or_insert_with(|| Group::new(&group_id, partitions));
-            // Deadlines are set again when the load completes.
-            let cg =
-                consumer::ConsumerGroup::restore(&group_id, snap, Instant::now(), Duration::ZERO);
-            g.members.clear();
-            g.instances.clear();
-            g.state = GroupState::Empty;
-            g.protocol_type = Some("consumer".to_string());
-            g.protocol = None;
-            g.cg = Some(Box::new(cg));
+            consumer_group_for_replay(st, partitions, &group_id).apply_meta(meta);
+        }
+        (Key::ConsumerGroupMember { member, .. }, value) => {
+            let m: Option<consumer::MemberSnapshot> = match value {
+                None => None,
+                Some(Value::Json(json)) => match serde_json::from_slice(&json) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(group = %group_id, error = %e, "undecodable consumer group member record; skipped");
+                        return;
+                    }
+                },
+                Some(_) => return,
+            };
+            if m.is_none() && st.groups.get(&group_id).is_none_or(|g| g.cg.is_none()) {
+                return;
+            }
+            consumer_group_for_replay(st, partitions, &group_id).apply_member(&member, m);
         }
         _ => {}
     }
+}
+
+/// The consumer-protocol state of a group being replayed (made one if it is not yet).
+fn consumer_group_for_replay<'a>(
+    st: &'a mut State,
+    partitions: usize,
+    group_id: &str,
+) -> &'a mut consumer::ConsumerGroup {
+    let g = st
+        .groups
+        .entry(group_id.to_string())
+        .or_insert_with(|| Group::new(group_id, partitions));
+    if g.cg.is_none() {
+        g.members.clear();
+        g.instances.clear();
+        g.state = GroupState::Empty;
+        g.protocol_type = Some("consumer".to_string());
+        g.protocol = None;
+        g.cg = Some(Box::new(consumer::ConsumerGroup::new(group_id)));
+    }
+    g.cg.as_mut().expect("consumer group")
 }
 
 async fn tick_loop(c: Weak<Coordinator>) {

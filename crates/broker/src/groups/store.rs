@@ -6,10 +6,11 @@
 //! - group metadata: key v2 `(group)`, value v3 `(protocol type, generation, protocol,
 //!   leader, state timestamp, members)`.
 //!
-//! - consumer-protocol (KIP-848) group: Sluice's own key v100 `(group)` with value v0
-//!   `(JSON snapshot of the group: epochs, target assignment, members and their
-//!   assignments)`, rewritten whole on every change. Kafka spreads this state over key
-//!   versions 3-8; one record per change keeps replay simple and groups are small.
+//! - consumer-protocol (KIP-848) group: Sluice's own keys, key v100 `(group)` with value v0
+//!   `(JSON: group epoch, assignment epoch, assignor, subscribed topics' partition counts)`
+//!   and key v101 `(group, member)` with value v0 `(JSON: the member, its epochs,
+//!   subscription, assignment, revoking partitions and target)`. Kafka spreads the same
+//!   state over key versions 3-8; here a member's own change rewrites one small record.
 //!
 //! A null value (tombstone) deletes the key. Values are non-flexible (no tagged fields).
 
@@ -27,12 +28,19 @@ pub enum Key {
         partition: i32,
     },
     Group(String),
-    /// A consumer-protocol group's snapshot.
+    /// A consumer-protocol group's group-level record.
     ConsumerGroup(String),
+    /// A consumer-protocol group member's record.
+    ConsumerGroupMember {
+        group: String,
+        member: String,
+    },
 }
 
-/// The key version of Sluice's consumer-protocol group snapshots.
+/// The key version of Sluice's consumer-protocol group records.
 pub const CONSUMER_GROUP_KEY_VERSION: i16 = 100;
+/// The key version of Sluice's consumer-protocol member records.
+pub const CONSUMER_GROUP_MEMBER_KEY_VERSION: i16 = 101;
 
 /// A committed offset as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +80,9 @@ pub struct GroupValue {
 pub enum Value {
     Offset(OffsetValue),
     Group(GroupValue),
-    /// The JSON snapshot (see `consumer::Snapshot`).
-    ConsumerGroup(Bytes),
+    /// A consumer-protocol record's JSON (`consumer::GroupMeta` or
+    /// `consumer::MemberSnapshot`, by key).
+    Json(Bytes),
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -115,12 +124,17 @@ pub fn encode_key(key: &Key) -> Bytes {
             b.put_i16(CONSUMER_GROUP_KEY_VERSION);
             put_str(&mut b, group);
         }
+        Key::ConsumerGroupMember { group, member } => {
+            b.put_i16(CONSUMER_GROUP_MEMBER_KEY_VERSION);
+            put_str(&mut b, group);
+            put_str(&mut b, member);
+        }
     }
     b.freeze()
 }
 
-/// A consumer-protocol group snapshot's value: version 0, then the JSON.
-pub fn encode_consumer_group(json: &[u8]) -> Bytes {
+/// A consumer-protocol record's value: version 0, then the JSON.
+pub fn encode_json(json: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(2 + json.len());
     b.put_i16(0);
     b.put_slice(json);
@@ -210,6 +224,10 @@ pub fn decode_key(key: Bytes) -> Option<Key> {
         }),
         2 => Some(Key::Group(r.str()?)),
         CONSUMER_GROUP_KEY_VERSION => Some(Key::ConsumerGroup(r.str()?)),
+        CONSUMER_GROUP_MEMBER_KEY_VERSION => Some(Key::ConsumerGroupMember {
+            group: r.str()?,
+            member: r.str()?,
+        }),
         _ => None,
     }
 }
@@ -219,7 +237,9 @@ pub fn decode_value(key: &Key, value: Bytes) -> Option<Value> {
     let mut r = Reader(value);
     let version = r.i16()?;
     match key {
-        Key::ConsumerGroup(_) => (version == 0).then_some(Value::ConsumerGroup(r.0)),
+        Key::ConsumerGroup(_) | Key::ConsumerGroupMember { .. } => {
+            (version == 0).then_some(Value::Json(r.0))
+        }
         Key::Offset { .. } => {
             let offset = r.i64()?;
             let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
