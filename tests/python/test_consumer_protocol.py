@@ -14,30 +14,9 @@ import time
 import uuid
 
 import sluice_helpers as h
+from test_groups import PARTITIONS, PER_PARTITION, group_name, produce, resume_after_commits
 
-PARTITIONS = 6
-PER_PARTITION = 5
 TIMEOUT = 60
-
-
-def group_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def produce(topics, per_partition: int = PER_PARTITION, tag: str = "v"):
-    from confluent_kafka import Producer
-
-    if isinstance(topics, str):
-        topics = [topics]
-    p = Producer({"bootstrap.servers": h.BOOTSTRAP, "acks": "all", **h.RDKAFKA_COMMON})
-    errors = []
-    for topic in topics:
-        for part in range(PARTITIONS):
-            for i in range(per_partition):
-                p.produce(topic, value=f"{tag}-{part}-{i}".encode(), partition=part,
-                          on_delivery=lambda err, msg: err and errors.append(err))
-    assert p.flush(30) == 0
-    assert not errors, errors
 
 
 def consumer(group: str, **extra):
@@ -125,18 +104,7 @@ def test_kip848_split_rebalance_commit_resume(topic, cadmin):
     c.close()
 
     # A new member resumes after the committed offsets: only new records arrive.
-    produce(topic, per_partition=1, tag="late")
-    d = consumer(group)
-    d.subscribe([topic])
-    got = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < PARTITIONS:
-        m = d.poll(0.5)
-        if m is not None and m.error() is None:
-            got.append((m.partition(), m.offset(), m.value()))
-        assert time.monotonic() < deadline, f"resume: {got}"
-    d.close()
-    assert sorted(got) == [(p, PER_PARTITION, f"late-{p}-0".encode()) for p in range(PARTITIONS)]
+    resume_after_commits(topic, consumer(group))
 
     # Empty now: it can be deleted.
     h.wait_for(lambda: cadmin.describe_consumer_groups([group])[group].result(timeout=15).state

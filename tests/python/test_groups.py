@@ -34,6 +34,22 @@ def produce(topic: str, per_partition: int = PER_PARTITION, tag: str = "v"):
     assert not errors, errors
 
 
+def resume_after_commits(topic: str, c):
+    """A new librdkafka member `c` of a group that committed PER_PARTITION on every
+    partition reads only the records produced after those commits."""
+    produce(topic, per_partition=1, tag="late")
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(got) < PARTITIONS:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append((m.partition(), m.offset(), m.value()))
+        assert time.monotonic() < deadline, f"resume: {got}"
+    c.close()
+    assert sorted(got) == [(p, PER_PARTITION, f"late-{p}-0".encode()) for p in range(PARTITIONS)]
+
+
 def check_split(a: set, b: set):
     assert a and b, f"both members own partitions: {a} / {b}"
     assert not (a & b), f"owned twice: {a & b}"
@@ -98,18 +114,7 @@ def test_confluent_group_split_commit_resume(topic, cadmin):
     a.close()
 
     # A new member resumes after the committed offsets: only new records arrive.
-    produce(topic, per_partition=1, tag="late")
-    c = ck_consumer(group)
-    c.subscribe([topic])
-    got = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < PARTITIONS:
-        m = c.poll(0.5)
-        if m is not None and m.error() is None:
-            got.append((m.partition(), m.offset(), m.value()))
-        assert time.monotonic() < deadline, f"resume: {got}"
-    c.close()
-    assert sorted(got) == [(p, PER_PARTITION, f"late-{p}-0".encode()) for p in range(PARTITIONS)]
+    resume_after_commits(topic, ck_consumer(group))
 
     # The group is empty now and can be deleted.
     res = cadmin.delete_consumer_groups([group], request_timeout=15)

@@ -107,7 +107,8 @@ fn heartbeat_args(
             "a join (member epoch 0) needs rebalance timeout, subscription and owned partitions",
         )));
     }
-    if req.member_epoch != 0 && req.member_id.is_empty() {
+    // v0 lets the coordinator name a joining member; v1 members name themselves.
+    if req.member_id.is_empty() && (req.member_epoch != 0 || version >= 1) {
         return Err(Box::new(fail(
             codes::INVALID_REQUEST,
             "the member id is empty",
@@ -117,12 +118,6 @@ fn heartbeat_args(
         return Err(Box::new(fail(
             codes::INVALID_REQUEST,
             "invalid member epoch",
-        )));
-    }
-    if version >= 1 && req.member_id.is_empty() {
-        return Err(Box::new(fail(
-            codes::INVALID_REQUEST,
-            "the member id is empty",
         )));
     }
     if let Some(a) = req.server_assignor.as_deref() {

@@ -299,14 +299,7 @@ impl ConsumerGroup {
     /// as owning those partitions until a heartbeat says otherwise.
     pub fn apply_member(&mut self, id: &str, m: Option<MemberSnapshot>) {
         let Some(m) = m else {
-            if let Some(old) = self.members.shift_remove(id) {
-                if let Some(i) = &old.instance_id {
-                    if self.instances.get(i).map(String::as_str) == Some(id) {
-                        self.instances.remove(i);
-                    }
-                }
-            }
-            self.target.remove(id);
+            self.forget(id);
             return;
         };
         if let Some(i) = &m.instance_id {
@@ -398,14 +391,23 @@ impl ConsumerGroup {
             .collect()
     }
 
-    fn remove(&mut self, id: &str) {
-        if let Some(m) = self.members.shift_remove(id) {
-            if let Some(i) = &m.instance_id {
-                if self.instances.get(i).map(String::as_str) == Some(id) {
-                    self.instances.remove(i);
-                }
+    /// Takes a member out with its instance mapping and target; no epoch change.
+    fn forget(&mut self, id: &str) -> bool {
+        self.target.remove(id);
+        let Some(m) = self.members.shift_remove(id) else {
+            return false;
+        };
+        if let Some(i) = &m.instance_id {
+            if self.instances.get(i).map(String::as_str) == Some(id) {
+                self.instances.remove(i);
             }
-            self.target.remove(id);
+        }
+        true
+    }
+
+    /// A member leaves or is removed: the group rebalances.
+    fn remove(&mut self, id: &str) {
+        if self.forget(id) {
             self.dirty_members.remove(id);
             self.removed.push(id.to_string());
             self.bump();
@@ -425,7 +427,7 @@ impl ConsumerGroup {
         }
     }
 
-    fn compute_target(&mut self, view: &dyn TopicView, default_assignor: &str) {
+    fn compute_target(&mut self, view: &dyn TopicView) {
         // The assignor most members ask for; the default when none does.
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
@@ -437,7 +439,7 @@ impl ConsumerGroup {
             .iter()
             .max_by_key(|(_, v)| **v)
             .map(|(a, _)| a.to_string())
-            .unwrap_or_else(|| default_assignor.to_string());
+            .unwrap_or_else(|| ASSIGNORS[0].to_string());
         let mut names = None;
         let subs: Vec<(String, BTreeSet<String>)> = self
             .members
@@ -670,7 +672,7 @@ impl ConsumerGroup {
         }
         self.refresh_metadata(view);
         if self.epoch > self.assignment_epoch {
-            self.compute_target(view, ASSIGNORS[0]);
+            self.compute_target(view);
         }
         self.reconcile(&id, now);
         // A member waiting for partitions others still hold is asked back sooner: they are

@@ -269,6 +269,16 @@ impl Group {
         }
     }
 
+    /// Makes it an empty consumer-protocol group (no classic members left).
+    fn become_consumer(&mut self) {
+        self.members.clear();
+        self.instances.clear();
+        self.state = GroupState::Empty;
+        self.protocol_type = Some("consumer".to_string());
+        self.protocol = None;
+        self.cg = Some(Box::new(consumer::ConsumerGroup::new(&self.id)));
+    }
+
     /// No member of either protocol, none joining.
     fn is_empty(&self) -> bool {
         self.state == GroupState::Empty
@@ -1655,10 +1665,8 @@ impl Coordinator {
                     &format!("group {} is a classic group with members", g.id),
                 );
             }
-            g.cg = Some(Box::new(consumer::ConsumerGroup::new(&g.id)));
-            g.protocol_type = Some("consumer".to_string());
-            g.protocol = None;
-            g.set_state(GroupState::Empty);
+            g.become_consumer();
+            g.state_since_ms = now_ms();
         }
         let cg = g.cg.as_mut().expect("consumer group");
         let was_empty = cg.members.is_empty();
@@ -2144,12 +2152,7 @@ fn consumer_group_for_replay<'a>(
         .entry(group_id.to_string())
         .or_insert_with(|| Group::new(group_id, partitions));
     if g.cg.is_none() {
-        g.members.clear();
-        g.instances.clear();
-        g.state = GroupState::Empty;
-        g.protocol_type = Some("consumer".to_string());
-        g.protocol = None;
-        g.cg = Some(Box::new(consumer::ConsumerGroup::new(group_id)));
+        g.become_consumer();
     }
     g.cg.as_mut().expect("consumer group")
 }
