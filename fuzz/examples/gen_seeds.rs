@@ -20,7 +20,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
-use sluice_fuzz::{build_batch, version_pairs, BatchSpec};
+use sluice_fuzz::{build_batch, message_set, version_pairs, BatchSpec};
 
 fn main() {
     let out = std::env::args_os()
@@ -55,7 +55,7 @@ fn main() {
             }
         }
     }
-    for (name, frame) in huge_array_frames() {
+    for (name, frame) in huge_array_frames().into_iter().chain(legacy_frames()) {
         frames.push((name.to_string(), frame));
     }
 
@@ -94,6 +94,19 @@ fn main() {
                 vec![9, 0, 0, 3, 8, 1, 2, 0, 60, 0],
             ),
             ("build-length-field", vec![9, 0, 0, 0, 0, 1, 5, 0, 8, 3]),
+        ]
+        .map(|(n, b)| (n.to_string(), b)),
+    );
+
+    let mut gap = message_set(1, 2);
+    gap.extend_from_slice(&message_set(0, 1));
+    write(
+        &out.join("legacy_message_set"),
+        [
+            ("magic0-three", message_set(0, 3)),
+            ("magic1-five", message_set(1, 5)),
+            ("mixed", gap),
+            ("v2-batch", batch.clone()),
         ]
         .map(|(n, b)| (n.to_string(), b)),
     );
@@ -151,6 +164,15 @@ fn bodies(key: ApiKey, batch: &[u8]) -> Vec<(&'static str, RequestKind)> {
         ApiKey::ListGroups => RequestKind::ListGroups(Default::default()),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(Default::default()),
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(Default::default()),
+        ApiKey::ConsumerGroupHeartbeat => RequestKind::ConsumerGroupHeartbeat(Default::default()),
+        ApiKey::ConsumerGroupDescribe => RequestKind::ConsumerGroupDescribe(Default::default()),
+        ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(Default::default()),
+        ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(Default::default()),
+        ApiKey::EndTxn => RequestKind::EndTxn(Default::default()),
+        ApiKey::TxnOffsetCommit => RequestKind::TxnOffsetCommit(Default::default()),
+        ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(Default::default()),
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(Default::default()),
+        ApiKey::ListTransactions => RequestKind::ListTransactions(Default::default()),
         other => panic!("{other:?} is not in the supported table"),
     };
     out.push(("default", default));
@@ -269,6 +291,52 @@ fn huge_array_frames() -> Vec<(&'static str, Vec<u8>)> {
             "regression-metadata-v12-huge-compact-topic-array",
             metadata_v12.to_vec(),
         ),
+    ]
+}
+
+/// Produce v2 and Fetch v2/v3 frames as kafka-go 0.2 sends them (the crate encodes neither).
+fn legacy_frames() -> Vec<(&'static str, Vec<u8>)> {
+    fn header(key: ApiKey, version: i16, out: &mut BytesMut) {
+        out.put_i16(key as i16);
+        out.put_i16(version);
+        out.put_i32(7);
+        out.put_i16(4);
+        out.put_slice(b"seed");
+    }
+    let mut produce = BytesMut::new();
+    header(ApiKey::Produce, 2, &mut produce);
+    produce.put_i16(-1); // acks
+    produce.put_i32(10_000); // timeout
+    produce.put_i32(1);
+    produce.put_i16(10);
+    produce.put_slice(b"seed-topic");
+    produce.put_i32(1);
+    produce.put_i32(0); // partition
+    let set = message_set(1, 3);
+    produce.put_i32(set.len() as i32);
+    produce.put_slice(&set);
+    let fetch = |version: i16| {
+        let mut f = BytesMut::new();
+        header(ApiKey::Fetch, version, &mut f);
+        f.put_i32(-1); // replica id
+        f.put_i32(500); // max wait
+        f.put_i32(1); // min bytes
+        if version >= 3 {
+            f.put_i32(1 << 20);
+        }
+        f.put_i32(1);
+        f.put_i16(10);
+        f.put_slice(b"seed-topic");
+        f.put_i32(1);
+        f.put_i32(0); // partition
+        f.put_i64(0); // fetch offset
+        f.put_i32(1 << 20); // partition max bytes
+        f.to_vec()
+    };
+    vec![
+        ("Produce-v2-content", produce.to_vec()),
+        ("Fetch-v2-content", fetch(2)),
+        ("Fetch-v3-content", fetch(3)),
     ]
 }
 

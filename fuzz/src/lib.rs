@@ -1,6 +1,7 @@
 //! Helpers shared by the fuzz targets and the seed generator: the broker's API version table,
 //! a byte reader that never fails (fuzz input steers choices, running out reads zeros), and a
-//! builder of valid record batches v2 for targets that mutate valid input.
+//! builder of valid record batches v2 (and of old clients' message sets) for targets that
+//! mutate valid input.
 //!
 //! Never depends on the broker crate (it would pull in RocksDB and Raft); the version table is
 //! the broker's own, from `protocol::versions`.
@@ -147,6 +148,30 @@ pub fn fix_crcs(bytes: &mut [u8]) {
         set_crc(&mut bytes[pos..pos + size]);
         pos += size;
     }
+}
+
+/// A message set of `n` uncompressed messages in record format `magic` (0 or 1), as a
+/// pre-0.11 producer writes it: offset, size, CRC-32 (IEEE) of the rest, magic, attributes,
+/// timestamp (magic 1), key, value.
+pub fn message_set(magic: i8, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut body = vec![magic as u8, 0];
+        if magic >= 1 {
+            body.extend_from_slice(&(1_700_000_000_000i64 + i as i64).to_be_bytes());
+        }
+        let key = format!("k{i}");
+        body.extend_from_slice(&(key.len() as i32).to_be_bytes());
+        body.extend_from_slice(key.as_bytes());
+        let value = vec![b'v'; i % 7];
+        body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        body.extend_from_slice(&value);
+        out.extend_from_slice(&(i as i64).to_be_bytes());
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
 }
 
 /// Zigzag varint, as record fields are encoded.

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kafka_protocol::messages::ApiKey;
 use rdkafka::admin::{AlterConfig, NewPartitions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
@@ -1196,4 +1197,305 @@ async fn pipelined_requests_are_answered_in_order() {
         }
     }
     assert_serving(&mut node);
+}
+
+// ------------------------------------------------------------------ old record formats
+
+/// A message in record format 0 or 1, as pre-0.11 producers write it: offset, size, CRC-32
+/// (IEEE) of the rest, magic, attributes, timestamp (format 1 only), key, value.
+fn old_message(
+    out: &mut Vec<u8>,
+    magic: i8,
+    attributes: u8,
+    ts: i64,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
+    use bytes::BufMut;
+    let mut body = vec![magic as u8, attributes];
+    if magic == 1 {
+        body.put_i64(ts);
+    }
+    match key {
+        Some(k) => {
+            body.put_i32(k.len() as i32);
+            body.put_slice(k);
+        }
+        None => body.put_i32(-1),
+    }
+    body.put_i32(value.len() as i32);
+    body.put_slice(value);
+    out.put_i64(0);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_u32(crc32(&body));
+    out.put_slice(&body);
+}
+
+/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320), written out here rather than taken from
+/// the broker's code.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    use bytes::BufMut;
+    out.put_i16(s.len() as i16);
+    out.put_slice(s.as_bytes());
+}
+
+fn get_str(r: &mut bytes::Bytes) -> String {
+    use bytes::Buf;
+    let n = r.get_i16() as usize;
+    String::from_utf8(r.split_to(n).to_vec()).expect("utf-8")
+}
+
+/// CreateTopics v0-v1 of one topic, replication factor 1: (error code, message (v1)).
+fn create_topic_old(
+    c: &mut Raw,
+    v: i16,
+    topic: &str,
+    partitions: i32,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    use bytes::{Buf, BufMut};
+    let mut b = Vec::new();
+    b.put_i32(1);
+    put_str(&mut b, topic);
+    b.put_i32(partitions);
+    b.put_i16(1);
+    b.put_i32(0); // no manual assignment
+    b.put_i32(0); // no configs
+    b.put_i32(10_000);
+    if v >= 1 {
+        b.put_u8(u8::from(validate_only));
+    }
+    let mut r = c.call_raw(ApiKey::CreateTopics, v, &b);
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!(get_str(&mut r), topic);
+    let code = r.get_i16();
+    let message = if v >= 1 && r.remaining() >= 2 {
+        let n = r.get_i16();
+        (n >= 0).then(|| String::from_utf8_lossy(&r.split_to(n as usize)).into_owned())
+    } else {
+        None
+    };
+    assert!(!r.has_remaining(), "CreateTopics v{v}: trailing bytes");
+    (code, message)
+}
+
+/// Produce v0-v2 of one message set to partition 0: (error code, base offset).
+fn produce_old(c: &mut Raw, v: i16, topic: &str, set: &[u8]) -> (i16, i64) {
+    use bytes::{Buf, BufMut};
+    let mut b = Vec::new();
+    b.put_i16(-1);
+    b.put_i32(10_000);
+    b.put_i32(1);
+    put_str(&mut b, topic);
+    b.put_i32(1);
+    b.put_i32(0);
+    b.put_i32(set.len() as i32);
+    b.put_slice(set);
+    let mut r = c.call_raw(ApiKey::Produce, v, &b);
+    assert_eq!(r.get_i32(), 1, "one topic");
+    assert_eq!(get_str(&mut r), topic);
+    assert_eq!((r.get_i32(), r.get_i32()), (1, 0), "partition 0");
+    let (code, base) = (r.get_i16(), r.get_i64());
+    if v >= 2 {
+        assert_eq!(r.get_i64(), -1, "log append time (CreateTime topic)");
+    }
+    if v >= 1 {
+        r.get_i32();
+    }
+    assert!(!r.has_remaining(), "Produce v{v}: trailing bytes");
+    (code, base)
+}
+
+/// (offset, magic, timestamp, key, value)
+type OldMessage = (i64, i8, i64, Option<Vec<u8>>, Vec<u8>);
+
+/// Fetch v0-v3 of partition 0 from `offset`: (error code, high watermark, messages).
+fn fetch_old(c: &mut Raw, v: i16, topic: &str, offset: i64) -> (i16, i64, Vec<OldMessage>) {
+    use bytes::{Buf, BufMut};
+    let mut b = Vec::new();
+    b.put_i32(-1);
+    b.put_i32(100);
+    b.put_i32(1);
+    if v >= 3 {
+        b.put_i32(1 << 20);
+    }
+    b.put_i32(1);
+    put_str(&mut b, topic);
+    b.put_i32(1);
+    b.put_i32(0);
+    b.put_i64(offset);
+    b.put_i32(1 << 20);
+    let mut r = c.call_raw(ApiKey::Fetch, v, &b);
+    if v >= 1 {
+        r.get_i32();
+    }
+    assert_eq!(r.get_i32(), 1);
+    assert_eq!(get_str(&mut r), topic);
+    assert_eq!((r.get_i32(), r.get_i32()), (1, 0));
+    let (code, hw) = (r.get_i16(), r.get_i64());
+    let n = r.get_i32() as usize;
+    let mut set = r.split_to(n);
+    assert!(!r.has_remaining(), "Fetch v{v}: trailing bytes");
+    let mut out = Vec::new();
+    while set.has_remaining() {
+        let off = set.get_i64();
+        let size = set.get_i32() as usize;
+        let mut m = set.split_to(size);
+        let crc = m.get_u32();
+        assert_eq!(crc, crc32(&m), "message at {off}: CRC");
+        let magic = m.get_i8();
+        assert_eq!(
+            m.get_u8() & 0x7,
+            0,
+            "down-converted messages are uncompressed"
+        );
+        let ts = if magic == 1 { m.get_i64() } else { -1 };
+        let k = m.get_i32();
+        let key = (k >= 0).then(|| m.split_to(k as usize).to_vec());
+        let vlen = m.get_i32() as usize;
+        out.push((off, magic, ts, key, m.split_to(vlen).to_vec()));
+        assert!(!m.has_remaining());
+    }
+    (code, hw, out)
+}
+
+/// Debian's kafka-go 0.2 (and any pre-0.11 client) speaks Produce v2 / Fetch v2 with record
+/// formats 0 and 1. Message sets, plain and in gzip wrappers, are stored as v2 batches that a
+/// modern client reads back; a modern producer's batch is down-converted for the old fetch;
+/// a corrupt message and zstd get Kafka's error codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_record_formats_round_trip_through_produce_v2_and_fetch_v2() {
+    use std::io::Write as _;
+    let node = Node::start_default();
+    let bs = node.bootstrap();
+    let topic = "old-formats";
+    let addr = node.kafka_addr();
+    let mut c = tokio::task::spawn_blocking(move || Raw::connect(addr))
+        .await
+        .expect("connect");
+    // kafka-go 0.2 creates topics with CreateTopics v0; v1 adds validate-only and messages.
+    assert_eq!(create_topic_old(&mut c, 0, topic, 1, false), (0, None));
+    wait_for_topic(&bs, topic, 1).await;
+    assert_eq!(
+        create_topic_old(&mut c, 0, topic, 1, false).0,
+        36,
+        "TOPIC_ALREADY_EXISTS"
+    );
+    let (code, message) = create_topic_old(&mut c, 1, "old-invalid", 0, true);
+    assert_eq!(code, 37, "INVALID_PARTITIONS");
+    assert!(message.is_some(), "v1 carries the error message");
+
+    // Three plain format-1 messages (one without a key): offsets 0-2.
+    let mut set = Vec::new();
+    for i in 0..3i64 {
+        let key = format!("k{i}");
+        let key = (i != 1).then_some(key.as_bytes());
+        old_message(
+            &mut set,
+            1,
+            0,
+            1_700_000_000_000 + i,
+            key,
+            format!("v{i}").as_bytes(),
+        );
+    }
+    assert_eq!(produce_old(&mut c, 2, topic, &set), (0, 0));
+    // Two messages in a gzip wrapper: offsets 3-4, stored gzip-compressed.
+    let mut inner = Vec::new();
+    for i in 3..5i64 {
+        old_message(
+            &mut inner,
+            1,
+            0,
+            1_700_000_000_000 + i,
+            Some(b"g"),
+            format!("v{i}").as_bytes(),
+        );
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&inner).expect("gzip");
+    let mut wrapper = Vec::new();
+    old_message(&mut wrapper, 1, 1, 0, None, &gz.finish().expect("gzip"));
+    assert_eq!(produce_old(&mut c, 2, topic, &wrapper), (0, 3));
+    // A format-0 message (no timestamp) with Produce v0: offset 5.
+    let mut m0 = Vec::new();
+    old_message(&mut m0, 0, 0, 0, Some(b"zero"), b"v5");
+    assert_eq!(produce_old(&mut c, 0, topic, &m0), (0, 5));
+    // A flipped byte: CORRUPT_MESSAGE; zstd cannot be in these formats.
+    let mut bad = set.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(produce_old(&mut c, 2, topic, &bad).0, 2, "CORRUPT_MESSAGE");
+    let mut z = Vec::new();
+    old_message(&mut z, 1, 4, 0, None, b"whatever");
+    assert_eq!(
+        produce_old(&mut c, 1, topic, &z).0,
+        76,
+        "UNSUPPORTED_COMPRESSION_TYPE"
+    );
+
+    // A modern producer's record with a header: offset 6.
+    let p = producer(&bs, &[]);
+    p.send(
+        FutureRecord::to(topic)
+            .partition(0)
+            .key("new")
+            .payload("v6")
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "h",
+                value: Some("x"),
+            })),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+
+    // Fetch v2 from offset 1: format-1 messages 1-6 at their offsets.
+    let (code, hw, msgs) = tokio::task::block_in_place(|| fetch_old(&mut c, 2, topic, 1));
+    assert_eq!((code, hw), (0, 7));
+    let offsets: Vec<i64> = msgs.iter().map(|m| m.0).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6]);
+    assert!(msgs.iter().all(|m| m.1 == 1), "format 1 for Fetch v2");
+    let values: Vec<&[u8]> = msgs.iter().map(|m| &m.4[..]).collect();
+    assert_eq!(values, [&b"v1"[..], b"v2", b"v3", b"v4", b"v5", b"v6"]);
+    assert_eq!(msgs[0].3, None, "message 1 has no key");
+    assert_eq!(msgs[0].2, 1_700_000_000_001);
+    assert_eq!(msgs[4].2, -1, "a format-0 message has no timestamp");
+    assert_eq!(msgs[5].3.as_deref(), Some(&b"new"[..]));
+    // Fetch v0 and v3 see the same, v0 in format 0.
+    let (_, _, v0) = tokio::task::block_in_place(|| fetch_old(&mut c, 0, topic, 0));
+    assert_eq!(v0.len(), 7);
+    assert!(v0.iter().all(|m| m.1 == 0 && m.2 == -1));
+    let (_, _, v3) = tokio::task::block_in_place(|| fetch_old(&mut c, 3, topic, 4));
+    assert_eq!(v3.iter().map(|m| m.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+    // Past the end: nothing, no error.
+    let (code, _, none) = tokio::task::block_in_place(|| fetch_old(&mut c, 2, topic, 7));
+    assert_eq!((code, none.len()), (0, 0));
+
+    // A modern consumer reads what the old producer wrote, timestamps included.
+    let cons = consumer(&bs, &[]);
+    assign_all_from_beginning(&cons, topic, 1);
+    let got = consume(&cons, 7, CONSUME_TIMEOUT).await;
+    let values: Vec<Option<String>> = got.iter().map(value_of).collect();
+    let want: Vec<Option<String>> = (0..7).map(|i| Some(format!("v{i}"))).collect();
+    assert_eq!(values, want);
+    assert_eq!(key_of(&got[1]), None);
+    assert_eq!(key_of(&got[3]).as_deref(), Some("g"));
+    assert_eq!(got[4].timestamp(), Timestamp::CreateTime(1_700_000_000_004));
+    assert_eq!(got[0].offset(), 0);
+    assert_eq!(got[6].offset(), 6);
 }

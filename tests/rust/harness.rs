@@ -787,6 +787,17 @@ impl Raw {
         v: i16,
         req: &Req,
     ) -> Resp {
+        let mut body = BytesMut::new();
+        req.encode(&mut body, v).expect("encode request");
+        let mut buf = self.call_raw(key, v, &body);
+        let r = Resp::decode(&mut buf, v).expect("decode response");
+        assert!(!buf.has_remaining(), "{key:?} v{v}: trailing bytes");
+        r
+    }
+
+    /// Sends a request body encoded by the caller (for versions kafka-protocol no longer
+    /// has) and returns the response body after its header.
+    pub fn call_raw(&mut self, key: ApiKey, v: i16, request: &[u8]) -> bytes::Bytes {
         self.corr += 1;
         let mut body = BytesMut::new();
         RequestHeader::default()
@@ -796,7 +807,7 @@ impl Raw {
             .with_client_id(Some(StrBytes::from_static_str("raw-client")))
             .encode(&mut body, key.request_header_version(v))
             .expect("encode header");
-        req.encode(&mut body, v).expect("encode request");
+        body.extend_from_slice(request);
         let mut frame = (body.len() as i32).to_be_bytes().to_vec();
         frame.extend_from_slice(&body);
         self.s.write_all(&frame).expect("send");
@@ -807,8 +818,6 @@ impl Raw {
         let mut buf = bytes::Bytes::from(buf);
         let h = ResponseHeader::decode(&mut buf, key.response_header_version(v)).expect("header");
         assert_eq!(h.correlation_id, self.corr);
-        let r = Resp::decode(&mut buf, v).expect("decode response");
-        assert!(!buf.has_remaining(), "{key:?} v{v}: trailing bytes");
-        r
+        buf
     }
 }

@@ -258,7 +258,7 @@ fn encode_response(
     out.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(out, api_key.response_header_version(version))?;
-    response.encode(out, request::response_encode_version(api_key, version))?;
+    request::encode_response_body(api_key, version, response, out)?;
     let size = i32::try_from(out.len() - 4)?;
     out[..4].copy_from_slice(&size.to_be_bytes());
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod codes;
+pub mod legacy;
 pub mod request;
 pub mod validate;
 pub mod versions;

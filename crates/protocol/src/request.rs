@@ -3,9 +3,11 @@
 
 use std::panic::AssertUnwindSafe;
 
-use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::Decodable;
+
+use crate::legacy;
 
 /// The first eight bytes of every request: api key, version, correlation id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +78,16 @@ pub fn decode(prefix: &Prefix, frame: Bytes) -> Result<(RequestHeader, RequestKi
     } = *prefix;
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(move || {
         let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))?;
-        let request = if api_key == ApiKey::OffsetCommit && version == 1 {
-            RequestKind::OffsetCommit(legacy::offset_commit_v1(&mut buf)?)
-        } else {
-            RequestKind::decode(api_key, &mut buf, version)?
+        let request = match (api_key, version) {
+            (ApiKey::OffsetCommit, 1) => {
+                RequestKind::OffsetCommit(legacy::offset_commit_v1(&mut buf)?)
+            }
+            (ApiKey::Produce, 0..=2) => RequestKind::Produce(legacy::produce_request(&mut buf)?),
+            (ApiKey::Fetch, 0..=3) => RequestKind::Fetch(legacy::fetch_request(&mut buf, version)?),
+            (ApiKey::CreateTopics, 0..=1) => {
+                RequestKind::CreateTopics(legacy::create_topics_request(&mut buf, version)?)
+            }
+            _ => RequestKind::decode(api_key, &mut buf, version)?,
         };
         anyhow::Ok((header, request))
     }));
@@ -94,6 +102,28 @@ pub fn decode(prefix: &Prefix, frame: Bytes) -> Result<(RequestHeader, RequestKi
     }
 }
 
+/// Encodes a response body in the layout of the request's version: by hand for the
+/// versions the `kafka-protocol` crate no longer has ([`legacy`]), else by the crate.
+pub fn encode_response_body(
+    api_key: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    match (api_key, version, response) {
+        (ApiKey::Produce, 0..=2, ResponseKind::Produce(r)) => {
+            legacy::encode_produce_response(r, version, out)
+        }
+        (ApiKey::Fetch, 0..=3, ResponseKind::Fetch(r)) => {
+            legacy::encode_fetch_response(r, version, out)
+        }
+        (ApiKey::CreateTopics, 0..=1, ResponseKind::CreateTopics(r)) => {
+            legacy::encode_create_topics_response(r, version, out)
+        }
+        _ => Ok(response.encode(out, response_encode_version(api_key, version))?),
+    }
+}
+
 /// The version a response is encoded in: the requested one, except for versions the
 /// `kafka-protocol` crate no longer encodes whose layout equals a newer one's.
 pub fn response_encode_version(api_key: ApiKey, version: i16) -> i16 {
@@ -101,99 +131,6 @@ pub fn response_encode_version(api_key: ApiKey, version: i16) -> i16 {
         // OffsetCommit responses v0-v2 are identical (throttle time arrives in v3).
         (ApiKey::OffsetCommit, 1) => 2,
         _ => version,
-    }
-}
-
-/// Hand decoders for request versions Kafka 4 dropped but real clients still send (Sarama's
-/// offset manager commits with OffsetCommit v1 unless a retention time is configured).
-mod legacy {
-    use bytes::{Buf, Bytes};
-    use kafka_protocol::messages::offset_commit_request::{
-        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-    };
-    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, TopicName};
-    use kafka_protocol::protocol::StrBytes;
-
-    fn need(buf: &Bytes, n: usize) -> anyhow::Result<()> {
-        anyhow::ensure!(buf.remaining() >= n, "truncated: need {n} more bytes");
-        Ok(())
-    }
-
-    fn i32(buf: &mut Bytes) -> anyhow::Result<i32> {
-        need(buf, 4)?;
-        Ok(buf.get_i32())
-    }
-
-    fn i64(buf: &mut Bytes) -> anyhow::Result<i64> {
-        need(buf, 8)?;
-        Ok(buf.get_i64())
-    }
-
-    fn nullable_string(buf: &mut Bytes) -> anyhow::Result<Option<StrBytes>> {
-        need(buf, 2)?;
-        let n = buf.get_i16();
-        if n < 0 {
-            return Ok(None);
-        }
-        need(buf, n as usize)?;
-        Ok(Some(StrBytes::from_utf8(buf.split_to(n as usize))?))
-    }
-
-    fn string(buf: &mut Bytes) -> anyhow::Result<StrBytes> {
-        nullable_string(buf)?.ok_or_else(|| anyhow::anyhow!("null in a non-nullable string"))
-    }
-
-    /// An array length, checked against what is left (each element takes at least
-    /// `min_size` bytes), so a lying length allocates nothing.
-    fn array_len(buf: &mut Bytes, min_size: usize) -> anyhow::Result<usize> {
-        let n = i32(buf)?;
-        anyhow::ensure!(n >= 0, "null or negative array length {n}");
-        let n = n as usize;
-        anyhow::ensure!(
-            n.saturating_mul(min_size) <= buf.remaining(),
-            "array of {n} elements in {} bytes",
-            buf.remaining()
-        );
-        Ok(n)
-    }
-
-    /// OffsetCommit v1: group, generation, member, then per partition offset, a client
-    /// commit timestamp (ignored: the broker stamps its own) and metadata.
-    pub fn offset_commit_v1(buf: &mut Bytes) -> anyhow::Result<OffsetCommitRequest> {
-        let group = string(buf)?;
-        let generation = i32(buf)?;
-        let member = string(buf)?;
-        let topics_len = array_len(buf, 6)?;
-        let mut topics = Vec::with_capacity(topics_len);
-        for _ in 0..topics_len {
-            let name = string(buf)?;
-            let parts_len = array_len(buf, 22)?;
-            let mut partitions = Vec::with_capacity(parts_len);
-            for _ in 0..parts_len {
-                let index = i32(buf)?;
-                let offset = i64(buf)?;
-                let _client_timestamp = i64(buf)?;
-                let metadata = nullable_string(buf)?;
-                partitions.push(
-                    OffsetCommitRequestPartition::default()
-                        .with_partition_index(index)
-                        .with_committed_offset(offset)
-                        .with_committed_leader_epoch(-1)
-                        .with_committed_metadata(metadata),
-                );
-            }
-            topics.push(
-                OffsetCommitRequestTopic::default()
-                    .with_name(TopicName(name))
-                    .with_partitions(partitions),
-            );
-        }
-        Ok(OffsetCommitRequest::default()
-            .with_group_id(GroupId(group))
-            .with_generation_id_or_member_epoch(generation)
-            .with_member_id(member)
-            .with_retention_time_ms(-1)
-            .with_topics(topics))
     }
 }
 

@@ -6,12 +6,14 @@ use kafka_protocol::messages::ApiKey;
 
 /// The versions each handler really implements: (API, min version, max version).
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 12),
-    (ApiKey::Fetch, 4, 16),
+    // Produce v0-2 and Fetch v0-3 (record formats v0/v1), CreateTopics v0-1 and
+    // OffsetCommit v1 by hand: see `legacy`.
+    (ApiKey::Produce, 0, 12),
+    (ApiKey::Fetch, 0, 16),
     (ApiKey::ListOffsets, 1, 10),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 5),

@@ -1,5 +1,6 @@
 //! Fetch: committed batch bytes as stored, with long polling woken by commits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, ResponseKind,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, ResponseKind, TopicName,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,10 +24,36 @@ use codes::{FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH};
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
 pub fn fetch(broker: Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+    // Fetch v0-v3 clients read record formats v0/v1: remember where each partition's read
+    // starts, to down-convert what is read from there.
+    let legacy_from: Option<HashMap<(TopicName, i32), i64>> = (version < 4).then(|| {
+        req.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| ((t.topic.clone(), p.partition), p.fetch_offset))
+            })
+            .collect()
+    });
     Box::pin(async move {
-        Some(ResponseKind::Fetch(
-            fetch_inner(&broker, req, version).await,
-        ))
+        let mut response = fetch_inner(&broker, req, version).await;
+        if let Some(from) = legacy_from {
+            let magic = protocol::legacy::fetch_magic(version);
+            for t in &mut response.responses {
+                for p in &mut t.partitions {
+                    if let Some(data) = &p.records {
+                        let start = from.get(&(t.topic.clone(), p.partition_index));
+                        p.records = Some(protocol::legacy::batches_to_message_set(
+                            data,
+                            magic,
+                            start.copied().unwrap_or(0),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(ResponseKind::Fetch(response))
     })
 }
 

@@ -30,8 +30,10 @@ fn failed(index: i32, code: i16, message: impl Into<String>) -> PartitionProduce
 
 use crate::now_ms;
 
-pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Reply {
+pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
+    // Message sets of Produce v0-v2 inflate into at most this much per request.
+    let mut inflate_budget = broker.config.socket_request_max_bytes;
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let now = now_ms();
     let mut topics: Vec<(TopicProduceResponse, Vec<PartitionFuture>)> = Vec::new();
@@ -73,7 +75,16 @@ pub fn produce(broker: &Arc<Broker>, req: ProduceRequest, _version: i16) -> Repl
                 ));
                 continue;
             };
-            let records = pd.records.unwrap_or_default();
+            let mut records = pd.records.unwrap_or_default();
+            if version < 3 {
+                match protocol::legacy::message_set_to_batch(&records, &mut inflate_budget) {
+                    Ok(batch) => records = batch,
+                    Err((code, msg)) => {
+                        parts.push(answer(code, msg));
+                        continue;
+                    }
+                }
+            }
             let append_time = topic.config.log_append_time.then_some(now);
             let v = match protocol::validate::produce_batches(
                 &records,
