@@ -14,7 +14,7 @@ use kafka_protocol::messages::ApiKey;
 use rdkafka::admin::{AlterConfig, NewPartitions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
 use sluice_tests::*;
@@ -1485,6 +1485,38 @@ async fn old_record_formats_round_trip_through_produce_v2_and_fetch_v2() {
     // Past the end: nothing, no error.
     let (code, _, none) = tokio::task::block_in_place(|| fetch_old(&mut c, 2, topic, 7));
     assert_eq!((code, none.len()), (0, 0));
+
+    // A committed transaction (record 7, commit marker at 8), then an old producer's record
+    // (9): an old fetch at the marker reads on past it instead of coming back empty forever.
+    let txn = {
+        let mut cfg = client_config(&bs);
+        cfg.set("transactional.id", "old-formats-txn");
+        let p: FutureProducer = cfg.create().expect("transactional producer");
+        p
+    };
+    let t = Duration::from_secs(30);
+    txn.init_transactions(t).expect("init transactions");
+    txn.begin_transaction().expect("begin");
+    txn.send(
+        FutureRecord::<str, str>::to(topic)
+            .partition(0)
+            .payload("v7"),
+        t,
+    )
+    .await
+    .unwrap_or_else(|(e, _)| panic!("transactional produce: {e}"));
+    txn.commit_transaction(t).expect("commit");
+    let mut m9 = Vec::new();
+    old_message(&mut m9, 1, 0, 1_700_000_000_009, None, b"v9");
+    assert_eq!(produce_old(&mut c, 2, topic, &m9), (0, 9));
+    let (code, hw, after_marker) = tokio::task::block_in_place(|| fetch_old(&mut c, 2, topic, 8));
+    assert_eq!((code, hw), (0, 10));
+    assert_eq!(
+        after_marker.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![9]
+    );
+    let (_, _, from7) = tokio::task::block_in_place(|| fetch_old(&mut c, 2, topic, 7));
+    assert_eq!(from7.iter().map(|m| m.0).collect::<Vec<_>>(), vec![7, 9]);
 
     // A modern consumer reads what the old producer wrote, timestamps included.
     let cons = consumer(&bs, &[]);

@@ -601,10 +601,13 @@ fn snappy_inflate(data: &[u8], limit: usize) -> Result<Bytes, SnappyError> {
 /// 1 for a Fetch v0-v3 client: one uncompressed message per record at its own offset,
 /// skipping control records (transaction markers) and records before `from_offset` (a
 /// batch is read whole). Headers have no place in these formats and are dropped, as Kafka
-/// drops them. A partial batch at the end of a size-limited read is left out.
-pub fn batches_to_message_set(data: &Bytes, magic: i8, from_offset: i64) -> Bytes {
+/// drops them. A partial batch at the end of a size-limited read is left out. Also returns
+/// the offset after the last whole batch (`from_offset` if none): where to read on when
+/// nothing was left to convert.
+pub fn batches_to_message_set(data: &Bytes, magic: i8, from_offset: i64) -> (Bytes, i64) {
     let mut rest = data.clone();
     let mut out = BytesMut::with_capacity(data.len());
+    let mut next = from_offset;
     while rest.len() >= batch::HEADER_SIZE {
         let length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
         let size = (length.max(0) as usize).saturating_add(batch::LOG_OVERHEAD);
@@ -612,6 +615,9 @@ pub fn batches_to_message_set(data: &Bytes, magic: i8, from_offset: i64) -> Byte
             break;
         }
         let mut one = rest.split_to(size);
+        let Ok(header) = batch::BatchHeader::parse(&one) else {
+            break;
+        };
         let Ok(set) = RecordBatchDecoder::decode(&mut one) else {
             break;
         };
@@ -620,8 +626,9 @@ pub fn batches_to_message_set(data: &Bytes, magic: i8, from_offset: i64) -> Byte
                 put_message(&mut out, magic, r);
             }
         }
+        next = next.max(header.last_offset() + 1);
     }
-    out.freeze()
+    (out.freeze(), next)
 }
 
 fn put_message(out: &mut BytesMut, magic: i8, r: &Record) {
@@ -882,7 +889,9 @@ mod tests {
         stored.extend_from_slice(&two[..40]);
         let stored = stored.freeze();
         for magic in [0i8, 1] {
-            let out = read_messages(batches_to_message_set(&stored, magic, 103));
+            let (set, next) = batches_to_message_set(&stored, magic, 103);
+            assert_eq!(next, 112, "after the second, whole batch");
+            let out = read_messages(set);
             let offsets: Vec<i64> = out.iter().map(|m| m.0).collect();
             assert_eq!(offsets, (103..112).collect::<Vec<_>>());
             assert!(out.iter().all(|m| m.1 == magic));
@@ -917,7 +926,9 @@ mod tests {
             compression: Compression::None,
         };
         RecordBatchEncoder::encode(&mut marker, [&record], &options).unwrap();
-        assert!(batches_to_message_set(&marker.freeze(), 1, 0).is_empty());
+        let (set, next) = batches_to_message_set(&marker.freeze(), 1, 0);
+        assert!(set.is_empty());
+        assert_eq!(next, 1, "read on after the marker");
     }
 
     #[test]

@@ -25,36 +25,93 @@ const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
 pub fn fetch(broker: Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     // Fetch v0-v3 clients read record formats v0/v1: remember where each partition's read
-    // starts, to down-convert what is read from there.
-    let legacy_from: Option<HashMap<(TopicName, i32), i64>> = (version < 4).then(|| {
-        req.topics
+    // starts (and its byte limit), to down-convert what is read from there.
+    let legacy = (version < 4).then(|| Legacy {
+        magic: protocol::legacy::fetch_magic(version),
+        wait: Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP),
+        from: req
+            .topics
             .iter()
             .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(|p| ((t.topic.clone(), p.partition), p.fetch_offset))
+                t.partitions.iter().map(|p| {
+                    let limit = p.partition_max_bytes.max(0) as usize;
+                    ((t.topic.clone(), p.partition), (p.fetch_offset, limit))
+                })
             })
-            .collect()
+            .collect(),
     });
     Box::pin(async move {
         let mut response = fetch_inner(&broker, req, version).await;
-        if let Some(from) = legacy_from {
-            let magic = protocol::legacy::fetch_magic(version);
-            for t in &mut response.responses {
-                for p in &mut t.partitions {
-                    if let Some(data) = &p.records {
-                        let start = from.get(&(t.topic.clone(), p.partition_index));
-                        p.records = Some(protocol::legacy::batches_to_message_set(
-                            data,
-                            magic,
-                            start.copied().unwrap_or(0),
-                        ));
-                    }
-                }
-            }
+        if let Some(legacy) = legacy {
+            legacy.down_convert(&broker, &mut response).await;
         }
         Some(ResponseKind::Fetch(response))
     })
+}
+
+/// What a Fetch v0-v3 answer needs beyond the usual read.
+struct Legacy {
+    magic: i8,
+    wait: Duration,
+    /// Per partition: the fetch offset and the partition's byte limit.
+    from: HashMap<(TopicName, i32), (i64, usize)>,
+}
+
+/// How many further reads a down-conversion may take to get past transaction markers.
+const LEGACY_READ_ON: usize = 16;
+
+impl Legacy {
+    /// Replaces every partition's batches by the message set of the client's format. Where
+    /// what was read held nothing to convert (only transaction markers, which these formats
+    /// cannot carry), it reads on past them: an old client would otherwise ask for the same
+    /// offset forever. If that leaves nothing at all for the client, the answer waits out
+    /// the request's max wait, as a long poll with no data would have.
+    async fn down_convert(&self, broker: &Broker, response: &mut FetchResponse) {
+        let mut converted = 0usize;
+        let mut skipped = false;
+        for t in &mut response.responses {
+            for p in &mut t.partitions {
+                let Some(data) = p.records.take() else {
+                    continue;
+                };
+                let key = (t.topic.clone(), p.partition_index);
+                let (mut start, limit) = self.from.get(&key).copied().unwrap_or((0, 0));
+                let (mut set, mut next) =
+                    protocol::legacy::batches_to_message_set(&data, self.magic, start);
+                for _ in 0..LEGACY_READ_ON {
+                    if !set.is_empty() || next <= start {
+                        break;
+                    }
+                    skipped = true;
+                    let more = read_on(broker, t.topic.as_str(), p.partition_index, next, limit);
+                    let Some(more) = more.filter(|m| !m.is_empty()) else {
+                        break;
+                    };
+                    start = next;
+                    (set, next) =
+                        protocol::legacy::batches_to_message_set(&more, self.magic, start);
+                }
+                converted += set.len();
+                p.records = Some(set);
+            }
+        }
+        if skipped && converted == 0 {
+            tokio::time::sleep(self.wait).await;
+        }
+    }
+}
+
+/// Reads a partition this node leads from `offset` (read uncommitted, as old clients do).
+fn read_on(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    limit: usize,
+) -> Option<Bytes> {
+    let topic = broker.topics.get(topic)?;
+    let replica = topic.partition(partition)?.leader().ok()?;
+    replica.read(offset, limit).ok().map(|r| r.data)
 }
 
 enum Target {
