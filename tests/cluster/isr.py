@@ -6,9 +6,12 @@ the leader drops it from the ISR (its /v1/partitions and Kafka Metadata), report
 partition under-replicated in /metrics, refuses acks=all writes to the min.insync=3 topic
 with NOT_ENOUGH_REPLICAS, and keeps taking them on the min.insync=2 topic. After the
 follower restarts it is back in the ISR, has caught up, and every acknowledged record
-reads back once.
+reads back once. The other nodes answer with the ISR the leader recorded in the metadata log:
+the third node drops the victim too, and never lists the restarted follower in sync before
+the leader does.
 """
 import sys
+import threading
 import time
 import urllib.request
 
@@ -109,6 +112,11 @@ def main():
     if victim in md_isr:
         print("FAIL: Metadata still lists node %d in sync" % victim)
         ok = False
+    # Every node answers with the leader's ISR (recorded in the metadata log), not its own guess.
+    third = next(n for n in (1, 2, 3) if n not in (lead, victim))
+    t_isr = wait_for("node %d to report the leader's ISR" % third,
+                     lambda: (lambda v: v and victim not in v["isr"] and v["isr"])(partition_view(third, STRICT)), 10)
+    print("node %d (neither leader nor victim) reports isr %s" % (third, sorted(t_isr)))
     urp = wait_for("under-replicated partitions in the leader's metrics",
                    lambda: metric(lead, "sluice_partitions_under_replicated"), 10)
     print("leader's sluice_partitions_under_replicated:", urp)
@@ -123,15 +131,35 @@ def main():
     if e or len(a) != 100:
         ok = False
     # Bring the follower back: it rejoins the ISR and catches up.
-    local_cluster("start", victim)
+    # Started in the background: `start` returns once the node is ready, and by then it may
+    # be back in the ISR; the window below is while it starts and catches up.
+    starter = threading.Thread(target=local_cluster, args=("start", victim))
     restarted = time.time()
+    starter.start()
+    # While the restarted follower catches up, the third node must not call it in sync before
+    # the leader does: it is asked first, then the leader, so "third says yes" implies the
+    # leader already said yes (its own guess would include any node answering pings).
+    early = []
+    polls = [0]
 
     def full():
+        polls[0] += 1
+        t_view = partition_view(third, STRICT)
         lead_now = leader(STRICT)
         view = lead_now and partition_view(lead_now, STRICT)
+        if t_view and view and victim in t_view["isr"] and victim not in view["isr"]:
+            early.append((round(time.time() - restarted, 2), t_view["isr"], view["isr"]))
         return view and sorted(view["isr"]) == [1, 2, 3]
     wait_for("the restarted follower back in the ISR", full, 30)
-    print("node %d back in the ISR %.1f s after its restart" % (victim, time.time() - restarted))
+    print("node %d back in the ISR %.1f s after its restart (%d polls of node %d meanwhile)"
+          % (victim, time.time() - restarted, polls[0], third))
+    starter.join(30)
+    if early:
+        print("FAIL: node %d listed node %d in sync before the leader did: %s" % (third, victim, early[:3]))
+        ok = False
+    wait_for("every node to report the full ISR",
+             lambda: all(sorted((partition_view(n, STRICT) or {}).get("isr", [])) == [1, 2, 3] for n in (1, 2, 3)), 10)
+    print("every node reports isr [1, 2, 3]")
     a, e = produce(STRICT, range(200, 300))
     acked[STRICT] += a
     if e or len(a) != 100:

@@ -149,6 +149,9 @@ impl Broker {
             tracing::warn!("some {TXN_TOPIC} partitions led here are still loading");
         }
         tokio::spawn(tail_metadata(Arc::downgrade(&broker)));
+        if !broker.config.peers.is_empty() {
+            tokio::spawn(publish_isr(Arc::downgrade(&broker)));
+        }
         Ok(broker)
     }
 
@@ -454,6 +457,28 @@ async fn tail_metadata(broker: std::sync::Weak<Broker>) {
         drop(b);
         if hw.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often the in-sync replicas of the partitions led here are compared with what the
+/// metadata log has recorded (the ISR itself moves on the liveness task's 30 s lag bound and
+/// failed pings, so a second more is within what clients see from Kafka).
+const ISR_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Records ISR changes of the partitions this node leads in the metadata log, so that every
+/// node answers Metadata with the leaders' view (see `TopicManager::publish_isr`).
+async fn publish_isr(broker: std::sync::Weak<Broker>) {
+    let mut tick = tokio::time::interval(ISR_PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(b) = broker.upgrade() else { return };
+        match b.topics.publish_isr().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(partitions = n, "recorded in-sync replicas"),
+            // No controller leader for the moment: the next tick tries again.
+            Err(e) => tracing::debug!(error = %e.message, "recording in-sync replicas"),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! delete of a topic id that is gone, partitions added from a count that changed) is
 //! skipped, so a proposal retried after an unknown outcome does no harm.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::{Bytes, BytesMut};
 use raft::Partition;
@@ -52,6 +52,10 @@ pub enum MetaRecord {
     /// at or past the cluster's next free id (else another node got there first and the
     /// record is skipped), so no id is ever given to two producers in the cluster.
     AllocateProducerIds { node: i32, first: i64, count: i64 },
+    /// In-sync replicas of partitions as their leaders computed them (Kafka's
+    /// AlterPartition), so that every node answers Metadata with the leader's ISR. A change
+    /// counts only if its leader epoch is at least the one recorded for the partition.
+    SetIsr { changes: Vec<IsrChange> },
     /// A node's Kafka listeners as clients should reach them (the latest registration
     /// counts). `host`/`port` are the default (first) listener; `listeners` lists them all
     /// (absent in records written before named listeners existed).
@@ -63,6 +67,44 @@ pub enum MetaRecord {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         listeners: Vec<Endpoint>,
     },
+}
+
+/// One partition's in-sync replicas, from its leader in `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsrChange {
+    pub topic: String,
+    pub id: Uuid,
+    pub partition: i32,
+    pub epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+/// The recorded in-sync replicas per (topic id, partition): (leader epoch, replicas).
+#[derive(Debug, Default, Clone)]
+pub struct IsrView(HashMap<(Uuid, i32), (i32, Vec<i32>)>);
+
+impl IsrView {
+    /// Folds changes in, skipping any from an older leader epoch than the one recorded.
+    pub fn apply(&mut self, changes: &[IsrChange]) {
+        for c in changes {
+            let slot = self
+                .0
+                .entry((c.id, c.partition))
+                .or_insert((i32::MIN, Vec::new()));
+            if c.epoch >= slot.0 {
+                *slot = (c.epoch, c.isr.clone());
+            }
+        }
+    }
+
+    pub fn get(&self, id: Uuid, partition: i32) -> Option<&(i32, Vec<i32>)> {
+        self.0.get(&(id, partition))
+    }
+
+    /// Forgets a deleted topic's partitions.
+    pub fn remove_topic(&mut self, id: Uuid) {
+        self.0.retain(|(t, _), _| *t != id);
+    }
 }
 
 /// The producer id blocks handed out so far (folded from `AllocateProducerIds`).
@@ -146,6 +188,39 @@ pub fn read_committed(part: &Partition, from: i64) -> Result<(Vec<Committed>, i6
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn isr_changes_from_an_older_leader_epoch_are_skipped() {
+        let id = uuid::Uuid::new_v4();
+        let change = |partition, epoch, isr: &[i32]| super::IsrChange {
+            topic: "t".into(),
+            id,
+            partition,
+            epoch,
+            isr: isr.to_vec(),
+        };
+        let mut v = super::IsrView::default();
+        v.apply(&[change(0, 3, &[1, 2, 3]), change(1, 3, &[2, 3])]);
+        // A deposed leader's late record (epoch 2) does not undo the newer one.
+        v.apply(&[change(0, 2, &[1])]);
+        assert_eq!(v.get(id, 0), Some(&(3, vec![1, 2, 3])));
+        // The same or a newer epoch replaces it.
+        v.apply(&[change(0, 3, &[1, 3]), change(1, 4, &[3])]);
+        assert_eq!(v.get(id, 0), Some(&(3, vec![1, 3])));
+        assert_eq!(v.get(id, 1), Some(&(4, vec![3])));
+        // Serialized as the metadata log holds it, and back.
+        let rec = super::MetaRecord::SetIsr {
+            changes: vec![change(5, 7, &[2, 1])],
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains("\"op\":\"set_isr\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<super::MetaRecord>(&json).unwrap(),
+            rec
+        );
+        v.remove_topic(id);
+        assert_eq!(v.get(id, 0), None);
+    }
+
     #[test]
     fn producer_id_blocks_never_overlap() {
         let mut b = super::ProducerIdBlocks::default();

@@ -180,6 +180,8 @@ pub struct TopicManager {
     legacy: parking_lot::Mutex<Vec<MetaRecord>>,
     /// Producer id blocks of the cluster.
     producer_ids: parking_lot::Mutex<metadata_log::ProducerIdBlocks>,
+    /// In-sync replicas as the partitions' leaders last recorded them.
+    isr: RwLock<metadata_log::IsrView>,
 }
 
 impl TopicManager {
@@ -224,8 +226,11 @@ impl TopicManager {
         let mut brokers = BTreeMap::new();
         let mut cluster_id = None;
         let mut producer_ids = metadata_log::ProducerIdBlocks::default();
+        let mut isr = metadata_log::IsrView::default();
         for (_, rec) in &records {
             match rec {
+                MetaRecord::SetIsr { changes } => isr.apply(changes),
+                MetaRecord::DeleteTopic { id, .. } => isr.remove_topic(*id),
                 MetaRecord::InitCluster { cluster_id: id } => {
                     cluster_id.get_or_insert_with(|| id.clone());
                 }
@@ -326,7 +331,65 @@ impl TopicManager {
             applied: tokio::sync::Mutex::new(applied),
             legacy: parking_lot::Mutex::new(legacy),
             producer_ids: parking_lot::Mutex::new(producer_ids),
+            isr: RwLock::new(isr),
         })
+    }
+
+    /// The in-sync replicas to tell clients for a partition: the live view where this node
+    /// leads it; elsewhere what its leader last recorded in the metadata log, so that every
+    /// node answers alike (this replica's own guess only until a leader has recorded one).
+    pub fn in_sync_replicas(&self, topic: &Topic, p: &PartitionState) -> Vec<i32> {
+        if p.replica.as_ref().is_some_and(|r| r.is_leader()) {
+            return p.in_sync_replicas();
+        }
+        match self.isr.read().get(topic.id, p.index) {
+            Some((_, isr)) => isr.clone(),
+            None => p.in_sync_replicas(),
+        }
+    }
+
+    /// Records in the metadata log the in-sync replicas of every replicated partition this
+    /// node leads whose live view differs from what is recorded (or was recorded in an
+    /// earlier leader epoch): one record for all of them. Returns how many changed.
+    pub async fn publish_isr(&self) -> Result<usize, ApiError> {
+        let mut changes = Vec::new();
+        {
+            let recorded = self.isr.read();
+            for topic in self.all() {
+                for p in &topic.partitions {
+                    let Some(r) = p.replica.as_ref().filter(|r| r.is_leader()) else {
+                        continue;
+                    };
+                    if p.replicas.len() < 2 {
+                        continue; // a lone replica is always its own ISR
+                    }
+                    let epoch = r.leader_epoch();
+                    let isr = p.in_sync_replicas();
+                    let same = recorded.get(topic.id, p.index).is_some_and(|(e, old)| {
+                        *e == epoch && {
+                            let (mut a, mut b) = (old.clone(), isr.clone());
+                            a.sort_unstable();
+                            b.sort_unstable();
+                            a == b
+                        }
+                    });
+                    if !same {
+                        changes.push(metadata_log::IsrChange {
+                            topic: topic.name.clone(),
+                            id: topic.id,
+                            partition: p.index,
+                            epoch,
+                            isr,
+                        });
+                    }
+                }
+            }
+        }
+        let n = changes.len();
+        if n > 0 {
+            self.propose(MetaRecord::SetIsr { changes }).await?;
+        }
+        Ok(n)
     }
 
     /// Reserves a block of `count` producer ids for this node through the metadata log,
@@ -832,6 +895,7 @@ impl TopicManager {
                     }
                 };
                 if let Some(topic) = topic {
+                    self.isr.write().remove_topic(topic.id);
                     self.remove_data(&topic).await;
                     tracing::info!(topic = %name, "deleted topic");
                 }
@@ -868,6 +932,7 @@ impl TopicManager {
             MetaRecord::AllocateProducerIds { node, first, count } => {
                 self.producer_ids.lock().apply(node, first, count);
             }
+            MetaRecord::SetIsr { changes } => self.isr.write().apply(&changes),
             MetaRecord::RegisterBroker {
                 node,
                 host,
@@ -1141,7 +1206,9 @@ fn fold(
     rec: &MetaRecord,
 ) {
     match rec {
-        MetaRecord::InitCluster { .. } | MetaRecord::AllocateProducerIds { .. } => {}
+        MetaRecord::InitCluster { .. }
+        | MetaRecord::AllocateProducerIds { .. }
+        | MetaRecord::SetIsr { .. } => {}
         MetaRecord::RegisterBroker {
             node,
             host,

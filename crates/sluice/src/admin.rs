@@ -95,7 +95,7 @@ async fn partitions(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
                 "partition": p.index,
                 "leader": (leader >= 0).then_some(leader),
                 "replicas": p.replicas,
-                "isr": p.in_sync_replicas(),
+                "isr": broker.topics.in_sync_replicas(&t, p),
                 "leader_epoch": p.replica.as_ref().map(|r| r.leader_epoch()),
                 "high_watermark": p.replica.as_ref().map(|r| r.high_watermark()),
             }));

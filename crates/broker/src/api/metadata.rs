@@ -131,7 +131,7 @@ async fn metadata_inner(
         })
 }
 
-fn topic_metadata(_broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopic {
+fn topic_metadata(broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopic {
     let partitions = t
         .partitions
         .iter()
@@ -151,7 +151,14 @@ fn topic_metadata(_broker: &Broker, t: &Topic, ops: i32) -> MetadataResponseTopi
                 .with_partition_index(p.index)
                 .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(epoch)
-                .with_isr_nodes(p.in_sync_replicas().into_iter().map(BrokerId).collect())
+                .with_isr_nodes(
+                    broker
+                        .topics
+                        .in_sync_replicas(t, p)
+                        .into_iter()
+                        .map(BrokerId)
+                        .collect(),
+                )
                 .with_replica_nodes(replicas)
         })
         .collect();
