@@ -1168,6 +1168,29 @@ type consumption struct {
 	bad         issues
 }
 
+// settleThenConsume waits for the members to settle, then writes the records
+// (only then, so no rebalance can explain a duplicate) and collects them from
+// events. Returns the settled owners, generation, when the write started and
+// the consumption; false if the group did not settle or the write failed.
+func settleThenConsume(label, what string, brokers []string, topic string, rs *recordSet,
+	events chan groupEvent, members []*groupMember) (map[int]string, int32, time.Time, *consumption, bool) {
+	settleStart := time.Now()
+	owner, gen, ok := waitSettled(label, members, 0, 25*time.Second)
+	if !ok {
+		return nil, 0, time.Time{}, nil, false
+	}
+	fmt.Printf("    %s settled in %v at generation %d: %s\n",
+		what, time.Since(settleStart).Round(time.Millisecond), gen, assignmentString(members))
+	writeStart := time.Now()
+	if err := writeGroupRecords(brokers, topic, rs.msgs); err != nil {
+		failf("%s WriteMessages of %d records: %v", label, len(rs.msgs), err)
+		return nil, 0, time.Time{}, nil, false
+	}
+	consumed := newConsumption(label, topic, rs, nil)
+	consumed.collect(events, 25*time.Second, members)
+	return owner, gen, writeStart, consumed, true
+}
+
 func newConsumption(label, topic string, want, old *recordSet) *consumption {
 	c := &consumption{label: label, topic: topic, want: want, old: old, from: make([]int64, groupPartitions),
 		seenBy: map[string]string{}, readersOf: make([]map[string]int, groupPartitions), got: map[string]int{},
@@ -1344,21 +1367,10 @@ func runGroupCheck(brokers []string, runID string, rf int, verbose bool) {
 	}
 	defer stopConsumers(label, ab...)
 
-	settleStart := time.Now()
-	owner, settledGen, ok := waitSettled(label, ab, 0, 25*time.Second)
+	owner, _, writeStart, consumed, ok := settleThenConsume(label, "group", brokers, topic, first, events, ab)
 	if !ok {
 		return
 	}
-	fmt.Printf("    group settled in %v at generation %d: %s\n",
-		time.Since(settleStart).Round(time.Millisecond), settledGen, assignmentString(ab))
-
-	writeStart := time.Now()
-	if err := writeGroupRecords(brokers, topic, first.msgs); err != nil {
-		failf("%s WriteMessages of %d records: %v", label, groupRecords, err)
-		return
-	}
-	consumed := newConsumption(label, topic, first, nil)
-	consumed.collect(events, 25*time.Second, ab)
 	consumed.watch(events, time.Second)
 	stopConsumers(label, ab...)
 	consumed.watch(events, 0)
@@ -1477,20 +1489,10 @@ func runThreeReaderCheck(brokers []string, runID string, rf int, verbose bool) {
 		return time.Since(cons.completedAt), true
 	}
 
-	settleStart := time.Now()
-	owner1, gen1, ok := waitSettled(label, all, 0, 25*time.Second)
+	owner1, gen1, writeStart, consumed, ok := settleThenConsume(label, "three readers", brokers, topic, first, events, all)
 	if !ok {
 		return
 	}
-	fmt.Printf("    three readers settled in %v at generation %d: %s\n",
-		time.Since(settleStart).Round(time.Millisecond), gen1, assignmentString(all))
-	writeStart := time.Now()
-	if err := writeGroupRecords(brokers, topic, first.msgs); err != nil {
-		failf("%s WriteMessages of %d records: %v", label, groupRecords, err)
-		return
-	}
-	consumed := newConsumption(label, topic, first, nil)
-	consumed.collect(events, 25*time.Second, all)
 
 	// 2. Everything consumed must get committed: A's and B's commits are
 	// synchronous, C's are flushed on one of kafka-go's next heartbeat ticks
