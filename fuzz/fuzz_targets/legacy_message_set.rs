@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(want.len() as u64, valid.records);
     for magic in [0i8, 1] {
         let (set, next) = batches_to_message_set(&batch, magic, 0);
-        assert_eq!(next, i64::from(valid.records), "read on after the whole batch");
+        assert_eq!(Ok(next), i64::try_from(valid.records), "read on after the whole batch");
         let mut budget = 1 << 20;
         let again = message_set_to_batch(&set, &mut budget)
             .expect("a down-converted message set converts again");
