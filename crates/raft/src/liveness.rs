@@ -283,10 +283,31 @@ async fn run(
             let at = *due
                 .entry(key.clone())
                 .or_insert_with(|| now + wait + jitter());
-            if now >= at {
-                due.insert(key, now + RETRY_AFTER + jitter());
-                crate::metrics::ELECTIONS.inc();
+            if at < now + PING_EVERY {
+                // Due before the next tick: campaign at the drawn instant, not on the tick
+                // grid. Nodes started together tick in step, and a jitter rounded up to the
+                // next tick made two replicas campaign within a millisecond of each other,
+                // splitting the vote round after round.
+                due.insert(key.clone(), at + RETRY_AFTER + jitter());
+                let delay = at.saturating_duration_since(now);
                 tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let (term_now, leader_now) = {
+                        let m = raft.metrics();
+                        let m = m.borrow_watched();
+                        (m.current_term, m.current_leader)
+                    };
+                    // Another replica campaigned meanwhile: let its round finish first.
+                    if term_now != term || leader_now != leader {
+                        return;
+                    }
+                    tracing::debug!(
+                        group = %String::from_utf8_lossy(&key),
+                        term,
+                        ?leader,
+                        "campaigning: no live leader"
+                    );
+                    crate::metrics::ELECTIONS.inc();
                     let _ = raft.trigger().elect(true).await;
                 });
             }

@@ -62,6 +62,8 @@ pub const FORWARD: u8 = 4;
 pub(crate) const PING: u8 = 5;
 /// openraft's leadership hand-over message.
 pub(crate) const TRANSFER: u8 = 6;
+/// A pre-vote: would the peer grant a vote (it persists nothing and keeps its term).
+pub(crate) const PRE_VOTE: u8 = 7;
 
 /// Serves [`FORWARD`] calls for one group: request body in, answer out.
 pub type Forwarder = Arc<dyn Fn(Bytes) -> BoxFut<Result<Bytes, String>> + Send + Sync>;
@@ -203,6 +205,11 @@ impl Registry {
                     let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
                     encode(&resp)
                 }
+                PRE_VOTE => {
+                    let req: VoteRequest<TypeConfig> = decode(&body)?;
+                    let resp = raft.pre_vote(req).await.map_err(|e| e.to_string())?;
+                    encode(&resp)
+                }
                 TRANSFER => {
                     let req: TransferLeaderRequest<TypeConfig> = decode(&body)?;
                     let resp = raft
@@ -291,6 +298,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.rpc(VOTE, &rpc, option.soft_ttl()).await
+    }
+
+    /// A real round trip: openraft's default grants every pre-vote without asking, which let a
+    /// node whose log is behind (or that cannot reach a leader others still follow) raise the
+    /// term on every campaign, deposing leaders and outbidding the replica that could win.
+    /// An unreachable peer's pre-vote is an error, which openraft does not count as a grant.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc(PRE_VOTE, &rpc, option.soft_ttl()).await
     }
 
     async fn transfer_leader(

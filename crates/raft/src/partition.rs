@@ -464,6 +464,12 @@ impl Partition {
         i32::try_from(self.inner.role.borrow().term).unwrap_or(i32::MAX)
     }
 
+    /// This replica's openraft handle, for tests that drive openraft directly.
+    #[cfg(test)]
+    pub(crate) fn raft_for_test(&self) -> crate::network::GroupRaft {
+        self.inner.raft.get().expect("openraft started").clone()
+    }
+
     /// Who leads, as this replica last saw it.
     pub fn role(&self) -> Role {
         *self.inner.role.borrow()

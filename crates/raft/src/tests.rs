@@ -285,6 +285,45 @@ async fn leader_kill_elects_new_leader_and_keeps_acknowledged_data() {
     }
 }
 
+/// A pre-vote asks the peers: a follower cut off from the others campaigns (with pre-vote,
+/// as the liveness task does) again and again, and raises no term; once it is back the leader
+/// still leads. openraft's default network granted every pre-vote without asking, so each
+/// such campaign raised the term, and the returning node deposed a leader a quorum followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_that_cannot_win_raise_no_term() {
+    use openraft::async_runtime::watch::WatchReceiver;
+
+    let c = Cluster::new(3);
+    let leader = c.leader(None).await;
+    c.part(leader)
+        .propose(vec![batch(1, 1)])
+        .await
+        .expect("commit");
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let raft = c.part(follower).raft_for_test();
+    // Only the campaigns below: openraft's own election timer campaigns without pre-vote.
+    raft.runtime_config().elect(false);
+    let term = raft.metrics().borrow_watched().current_term;
+    c.router.isolate(follower);
+    // Past the leader lease (election_timeout_max), so the pre-vote is not refused locally.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..5 {
+        raft.trigger().elect(true).await.expect("trigger");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(raft.metrics().borrow_watched().current_term, term);
+    c.router.heal();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.leader(None).await, leader, "the leader was deposed");
+    let out = c
+        .part(leader)
+        .propose(vec![batch(1, 2)])
+        .await
+        .expect("the leader still commits");
+    assert_eq!(offsets(&out), vec![1]);
+    assert_eq!(raft.metrics().borrow_watched().current_term, term);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_acknowledges_nothing_and_rejoins() {
     let c = Cluster::new(3);
