@@ -7,6 +7,13 @@
 // partition consumer (no consumer group) and compares every field, then
 // deletes the topics. Then a consumer group reads a topic, commits through
 // Sarama's offset manager, and a second group session resumes after the commits.
+// Then three members of one group split a six-partition topic (none owned twice, none
+// orphaned, every record consumed exactly once by its owner), their offsets are committed
+// while they run (Sarama 1.22's offset manager commits marked offsets every
+// Consumer.Offsets.CommitInterval: that is its auto-commit; 1.22 has neither a switch for it
+// nor a manual session Commit()), and after they left a new member resumes after them.
+// Sarama 1.22 has no static membership (no group instance id in its config; it sends
+// JoinGroup v1 only), so that is not tested here.
 //
 // Built offline in GOPATH mode (see tests/interop/run.sh):
 //
@@ -21,7 +28,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Shopify/sarama"
@@ -334,21 +344,7 @@ func runGroup(brokers []string, runID string) {
 		return
 	}
 	produce := func(perPartition int, tag string) {
-		p, err := sarama.NewSyncProducer(brokers, cfg)
-		if err != nil {
-			failf("[group] NewSyncProducer: %v", err)
-			return
-		}
-		defer p.Close()
-		for part := 0; part < partitions; part++ {
-			for i := 0; i < perPartition; i++ {
-				_, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: int32(part),
-					Value: sarama.StringEncoder(fmt.Sprintf("%s-%d-%d", tag, part, i))})
-				if err != nil {
-					failf("[group] SendMessage: %v", err)
-				}
-			}
-		}
+		produceEach(brokers, cfg, topic, partitions, perPartition, tag)
 	}
 	produce(5, "first")
 	first := consumeGroup(brokers, group, topic, 5*partitions)
@@ -361,6 +357,329 @@ func runGroup(brokers []string, runID string) {
 		}
 	}
 	fmt.Printf("    group session 2 resumed with %d new messages\n", len(second))
+}
+
+// produceEach writes perPartition records "<tag>-<partition>-<i>" to every partition.
+func produceEach(brokers []string, cfg *sarama.Config, topic string, parts, perPartition int, tag string) {
+	p, err := sarama.NewSyncProducer(brokers, cfg)
+	if err != nil {
+		failf("[group] NewSyncProducer: %v", err)
+		return
+	}
+	defer p.Close()
+	for part := 0; part < parts; part++ {
+		for i := 0; i < perPartition; i++ {
+			_, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Partition: int32(part),
+				Value: sarama.StringEncoder(fmt.Sprintf("%s-%d-%d", tag, part, i))})
+			if err != nil {
+				failf("[group] SendMessage: %v", err)
+			}
+		}
+	}
+}
+
+// replicationFactor is the one tests/interop/run.sh asks for (3 on its three-node cluster).
+func replicationFactor() int16 {
+	if rf, err := strconv.Atoi(os.Getenv("SLUICE_REPLICATION_FACTOR")); err == nil && rf > 0 {
+		return int16(rf)
+	}
+	return 1
+}
+
+type groupRecord struct {
+	member    int
+	partition int32
+	offset    int64
+}
+
+// memberHandler keeps one member's current generation and claims and reports (and marks,
+// so the offset manager commits it) every message the member gets.
+type memberHandler struct {
+	idx   int
+	topic string
+	got   chan<- groupRecord
+	mu    sync.Mutex
+	gen   int32
+	parts []int32
+}
+
+func (h *memberHandler) Setup(s sarama.ConsumerGroupSession) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gen = s.GenerationID()
+	h.parts = append([]int32(nil), s.Claims()[h.topic]...)
+	return nil
+}
+
+func (h *memberHandler) Cleanup(sarama.ConsumerGroupSession) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.parts = nil
+	return nil
+}
+
+func (h *memberHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	for m := range claim.Messages() {
+		sess.MarkMessage(m, "")
+		h.got <- groupRecord{h.idx, m.Partition, m.Offset}
+	}
+	return nil
+}
+
+func (h *memberHandler) claims() (int32, []int32) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gen, append([]int32(nil), h.parts...)
+}
+
+type groupMember struct {
+	cg     sarama.ConsumerGroup
+	h      *memberHandler
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startMember runs one group member: Consume again after every rebalance until stopped.
+func startMember(brokers []string, cfg *sarama.Config, group, topic string, idx int, got chan<- groupRecord) *groupMember {
+	cg, err := sarama.NewConsumerGroup(brokers, group, cfg)
+	if err != nil {
+		failf("[group3] NewConsumerGroup: %v", err)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &groupMember{cg: cg, h: &memberHandler{idx: idx, topic: topic, got: got}, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		for ctx.Err() == nil {
+			// A rebalance under way can make Consume give up (REBALANCE_IN_PROGRESS after
+			// its retries); the checks below time out if the group never settles.
+			if err := cg.Consume(ctx, []string{topic}, m.h); err != nil && ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "group3 member %d: Consume: %v\n", idx, err)
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	}()
+	go func() {
+		for err := range cg.Errors() {
+			fmt.Fprintf(os.Stderr, "group3 member %d error: %v\n", idx, err)
+		}
+	}()
+	return m
+}
+
+// stop ends the member's session and closes it (LeaveGroup; the offset manager flushes).
+func (m *groupMember) stop() {
+	m.cancel()
+	select {
+	case <-m.done:
+	case <-time.After(20 * time.Second):
+		failf("[group3] member %d: Consume did not return within 20 s of cancelling", m.h.idx)
+	}
+	if err := m.cg.Close(); err != nil {
+		failf("[group3] member %d: Close: %v", m.h.idx, err)
+	}
+}
+
+// runGroupThree: three members split six partitions, each record is consumed once by the
+// partition's owner, the offset manager's periodic commits reach the coordinator while the
+// members run, and a new member resumes after them.
+func runGroupThree(brokers []string, runID string) {
+	const parts, per = 6, 5
+	topic := "go-sarama-group3-" + runID
+	group := "go-sarama-group3-" + runID
+	fmt.Printf("--- sarama consumer group, three members: topic=%s partitions=%d\n", topic, parts)
+	start := time.Now()
+	cfg := newConfig()
+	admin, err := sarama.NewClusterAdmin(brokers, cfg)
+	if err != nil {
+		failf("[group3] NewClusterAdmin: %v", err)
+		return
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: parts, ReplicationFactor: replicationFactor()}, false); err != nil {
+		failf("[group3] CreateTopic: %v", err)
+		return
+	}
+	client, err := sarama.NewClient(brokers, cfg)
+	if err != nil {
+		failf("[group3] NewClient: %v", err)
+		return
+	}
+	defer client.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_ = client.RefreshMetadata(topic)
+		ps, err := client.Partitions(topic)
+		ok := err == nil && len(ps) == parts
+		for _, p := range ps {
+			if _, lerr := client.Leader(topic, p); lerr != nil {
+				ok = false
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			failf("[group3] topic %s never got %d partitions with leaders (%v, %v)", topic, parts, ps, err)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	gcfg := newConfig()
+	gcfg.Consumer.Group.Session.Timeout = 6 * time.Second
+	gcfg.Consumer.Group.Heartbeat.Interval = 500 * time.Millisecond
+	gcfg.Consumer.Group.Rebalance.Retry.Backoff = 200 * time.Millisecond
+	gcfg.Consumer.Offsets.CommitInterval = 200 * time.Millisecond
+	got := make(chan groupRecord, 1000)
+	var members []*groupMember
+	for i := 0; i < 3; i++ {
+		if m := startMember(brokers, gcfg, group, topic, i, got); m != nil {
+			members = append(members, m)
+		}
+	}
+	stopped := false
+	stopAll := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		for _, m := range members {
+			m.stop()
+		}
+	}
+	defer stopAll()
+	if len(members) != 3 {
+		return
+	}
+
+	// The split: one generation, 2/2/2, disjoint and complete.
+	type view struct {
+		gen   int32
+		parts []int32
+	}
+	snapshot := func() []view {
+		vs := make([]view, len(members))
+		for i, m := range members {
+			vs[i].gen, vs[i].parts = m.h.claims()
+		}
+		return vs
+	}
+	settled := func(vs []view) bool {
+		owner := map[int32]int{}
+		for i, v := range vs {
+			if v.gen <= 0 || v.gen != vs[0].gen || len(v.parts) != parts/3 {
+				return false
+			}
+			for _, p := range v.parts {
+				if _, twice := owner[p]; twice {
+					return false
+				}
+				owner[p] = i
+			}
+		}
+		return len(owner) == parts
+	}
+	var split []view
+	deadline = time.Now().Add(30 * time.Second)
+	for split = snapshot(); !settled(split); split = snapshot() {
+		if time.Now().After(deadline) {
+			failf("[group3] no 2/2/2 split of %d partitions within 30 s: %+v", parts, split)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	owner := map[int32]int{}
+	for i, v := range split {
+		for _, p := range v.parts {
+			owner[p] = i
+		}
+	}
+	fmt.Printf("    split at generation %d after %v: %v %v %v\n", split[0].gen, time.Since(start).Round(time.Millisecond), split[0].parts, split[1].parts, split[2].parts)
+
+	// Produced once the split is settled, so no rebalance can hand a record out twice.
+	produceEach(brokers, cfg, topic, parts, per, "v")
+	var recs []groupRecord
+	timeout := time.After(30 * time.Second)
+	grace := time.After(24 * time.Hour)
+collect:
+	for {
+		select {
+		case r := <-got:
+			recs = append(recs, r)
+			if len(recs) == parts*per {
+				grace = time.After(500 * time.Millisecond) // anything delivered twice shows up now
+			}
+		case <-grace:
+			break collect
+		case <-timeout:
+			failf("[group3] timed out with %d of %d records", len(recs), parts*per)
+			break collect
+		}
+	}
+	seen := map[[2]int64]int{}
+	for _, r := range recs {
+		seen[[2]int64{int64(r.partition), r.offset}]++
+		if owner[r.partition] != r.member {
+			failf("[group3] p%d@%d delivered to member %d, owner is member %d", r.partition, r.offset, r.member, owner[r.partition])
+		}
+	}
+	for p := int64(0); p < parts; p++ {
+		for o := int64(0); o < per; o++ {
+			if n := seen[[2]int64{p, o}]; n != 1 {
+				failf("[group3] p%d@%d delivered %d times, want once", p, o, n)
+			}
+		}
+	}
+	if len(seen) != parts*per {
+		failf("[group3] %d distinct records delivered, want %d", len(seen), parts*per)
+	}
+	if now := snapshot(); fmt.Sprint(now) != fmt.Sprint(split) {
+		failf("[group3] the assignment changed while consuming: %+v -> %+v", split, now)
+	}
+
+	// The marked offsets are committed while the members run (every CommitInterval).
+	tps := map[string][]int32{topic: {0, 1, 2, 3, 4, 5}}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		resp, err := admin.ListConsumerGroupOffsets(group, tps)
+		var offs []int64
+		ok := err == nil
+		if ok {
+			for p := int32(0); p < parts; p++ {
+				b := resp.GetBlock(topic, p)
+				if b == nil || b.Err != sarama.ErrNoError {
+					ok = false
+					offs = append(offs, -2)
+					continue
+				}
+				offs = append(offs, b.Offset)
+				ok = ok && b.Offset == per
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			failf("[group3] committed offsets while running: %v (err %v), want %d on every partition", offs, err, per)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stopAll()
+
+	// A new member resumes after the committed offsets.
+	produceEach(brokers, cfg, topic, parts, 1, "late")
+	second := consumeGroup(brokers, group, topic, parts)
+	var resumed []string
+	for _, m := range second {
+		resumed = append(resumed, fmt.Sprintf("p%d@%d", m.Partition, m.Offset))
+		if m.Offset != per || !strings.HasPrefix(string(m.Value), "late-") {
+			failf("[group3] resumed at p%d@%d %q, want offset %d (after the committed offsets)", m.Partition, m.Offset, m.Value, per)
+		}
+	}
+	sort.Strings(resumed)
+	fmt.Printf("    %d records consumed, then committed while running; resumed at %v; took %v\n", len(recs), resumed, time.Since(start).Round(time.Millisecond))
 }
 
 func trunc(b []byte) string {
@@ -394,6 +713,7 @@ func main() {
 		runCodec(brokers, c.name, c.codec, *n, runID)
 	}
 	runGroup(brokers, runID)
+	runGroupThree(brokers, runID)
 	if failures > 0 {
 		fmt.Printf("sarama smoke: FAILED (%d failures)\n", failures)
 		os.Exit(1)
