@@ -192,6 +192,16 @@ async fn two_consumers_split_partitions_and_hand_over_on_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_member_restart_keeps_partitions_without_rebalance() {
+    static_restart("range,roundrobin", "static-group").await;
+}
+
+/// The same with librdkafka's cooperative-sticky (incremental) assignor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_cooperative_member_restart_keeps_partitions_without_rebalance() {
+    static_restart("cooperative-sticky", "static-coop-group").await;
+}
+
+async fn static_restart(assignor: &str, group: &str) {
     let node = group_node();
     let bs = node.bootstrap();
     let topic = "static-six";
@@ -199,8 +209,12 @@ async fn static_member_restart_keeps_partitions_without_rebalance() {
     let member = |id: &str| {
         Arc::new(group_consumer(
             &bs,
-            "static-group",
-            &[("group.instance.id", id), ("session.timeout.ms", "10000")],
+            group,
+            &[
+                ("group.instance.id", id),
+                ("session.timeout.ms", "10000"),
+                ("partition.assignment.strategy", assignor),
+            ],
         ))
     };
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -218,7 +232,7 @@ async fn static_member_restart_keeps_partitions_without_rebalance() {
     .await;
     let (pa, pb) = (assigned(&a), assigned(&b));
     let rebalances = |log: &str| {
-        log.matches("rebalance: join phase complete group=static-group")
+        log.matches(&format!("rebalance: join phase complete group={group} "))
             .count()
     };
     let before = rebalances(&plain_log(&node));

@@ -1035,7 +1035,6 @@ impl Coordinator {
                 if let Some(w) = m.sync_waiter.take() {
                     let _ = w.send(sync_error(codes::FENCED_INSTANCE_ID));
                 }
-                let unchanged = m.protocols == a.protocols;
                 m.id = new_id.clone();
                 m.client_id = a.client_id;
                 m.client_host = a.client_host;
@@ -1050,6 +1049,11 @@ impl Coordinator {
                 g.instances
                     .insert(a.instance_id.clone().unwrap_or_default(), new_id.clone());
                 g.members.insert(new_id.clone(), m);
+                // Kafka's rule: no rebalance unless the protocol the group would select next
+                // changes. The metadata bytes may differ (a cooperative assignor's restarted
+                // member owns nothing yet; user data may carry a timestamp), and the leader
+                // judges subscription changes itself.
+                let unchanged = g.select_protocol() == g.protocol;
                 if g.state == GroupState::Stable && unchanged {
                     // KIP-345: a quick restart keeps the assignment, no rebalance. A former
                     // leader is told the old leader id, so it syncs as a follower and gets
@@ -2483,6 +2487,101 @@ mod tests {
             vec![codes::NONE, codes::UNKNOWN_MEMBER_ID]
         );
         assert_eq!(c.describe("g").expect("group").state, GroupState::Empty);
+    }
+
+    /// KIP-345: a static member coming back under a new member id keeps the generation and
+    /// its assignment even when its subscription metadata bytes differ (a cooperative
+    /// assignor's restarted member owns no partitions yet), as long as the group's protocol
+    /// stays the one selected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_static_member_rejoining_with_new_metadata_keeps_the_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = started(open_partitions(dir.path(), 1)).await;
+        let static_args = |instance: &str, metadata: &'static [u8]| JoinArgs {
+            instance_id: Some(instance.into()),
+            protocols: vec![
+                ("cooperative-sticky".into(), Bytes::from_static(metadata)),
+                ("range".into(), Bytes::from_static(b"sub")),
+            ],
+            ..args("g", "", false)
+        };
+        let a = joined(c.join(static_args("ia", b"owned:0,1,2"))).await;
+        assert_eq!((a.error_code, a.generation_id), (0, 1));
+        // b joins: a rebalance, which a rejoins under its member id.
+        let b = c.join(static_args("ib", b"owned:3,4,5"));
+        let a = joined(c.join(JoinArgs {
+            member_id: a.member_id.to_string(),
+            ..static_args("ia", b"owned:0,1,2")
+        }))
+        .await;
+        let b = joined(b).await;
+        assert_eq!((a.error_code, b.error_code), (0, 0));
+        let generation = a.generation_id;
+        assert_eq!((generation, b.generation_id), (2, 2));
+        assert_eq!(a.protocol_name.as_deref(), Some("cooperative-sticky"));
+        let (a_id, b_id) = (a.member_id.to_string(), b.member_id.to_string());
+        let (leader, follower) = if a.leader == a.member_id {
+            (&a_id, &b_id)
+        } else {
+            (&b_id, &a_id)
+        };
+        let plan = vec![
+            (a_id.clone(), Bytes::from_static(b"asg-a")),
+            (b_id.clone(), Bytes::from_static(b"asg-b")),
+        ];
+        let l = c.sync(
+            "g",
+            generation,
+            leader,
+            None,
+            Some("consumer"),
+            Some("cooperative-sticky"),
+            plan,
+        );
+        let f = c.sync(
+            "g",
+            generation,
+            follower,
+            None,
+            Some("consumer"),
+            Some("cooperative-sticky"),
+            vec![],
+        );
+        let (l, f) = (synced(l).await, synced(f).await);
+        assert_eq!((l.error_code, f.error_code), (0, 0));
+        assert_eq!(c.describe("g").expect("group").state, GroupState::Stable);
+
+        // a restarts: no member id, its instance id, and metadata that owns nothing yet.
+        let a2 = joined(c.join(static_args("ia", b"owned:"))).await;
+        assert_eq!(
+            (a2.error_code, a2.generation_id),
+            (0, generation),
+            "no new generation"
+        );
+        assert_ne!(a2.member_id.to_string(), a_id, "a new member id");
+        assert_eq!(c.describe("g").expect("group").state, GroupState::Stable);
+        assert_eq!(
+            c.heartbeat("g", generation, &b_id, Some("ib")),
+            codes::NONE,
+            "b sees no rebalance"
+        );
+        let a2_id = a2.member_id.to_string();
+        let s = synced(c.sync(
+            "g",
+            generation,
+            &a2_id,
+            Some("ia"),
+            Some("consumer"),
+            Some("cooperative-sticky"),
+            vec![],
+        ))
+        .await;
+        assert_eq!((s.error_code, s.assignment.as_ref()), (0, &b"asg-a"[..]));
+        // The old member id is fenced.
+        assert_eq!(
+            c.heartbeat("g", generation, &a_id, Some("ia")),
+            codes::FENCED_INSTANCE_ID
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
