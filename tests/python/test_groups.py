@@ -98,6 +98,18 @@ def describe_static(cadmin, group: str):
     return desc.state, {m.group_instance_id: m.member_id for m in desc.members}
 
 
+# The members' session.timeout.ms.
+SESSION_S = 6.0
+
+
+def check_handed_over(closed: float):
+    """A member that left (LeaveGroup on close) handed its partitions over within the
+    session timeout: the group did not wait for its session to expire."""
+    took = time.monotonic() - closed
+    print(f"hand-over {took:.2f} s after close")
+    assert took < SESSION_S, f"hand-over took {took:.2f} s, session timeout {SESSION_S} s"
+
+
 # How long a static restart test watches the group after the member closed: past the session
 # timeout, so that a replaced member's session expiring (a rebalance) would be seen too.
 STATIC_WATCH = 6.0 + 1.5
@@ -154,10 +166,12 @@ def test_confluent_group_split_commit_resume(topic, cadmin):
     listed = cadmin.list_consumer_groups().result(timeout=15)
     assert group in {g.group_id for g in listed.valid}
 
-    # b leaves: a gets everything.
+    # b leaves: a gets everything, within the session timeout.
     b.close()
+    closed = time.monotonic()
     h.wait_for(lambda: (a.poll(0.1), {tp.partition for tp in a.assignment()})[1]
                == set(range(PARTITIONS)), timeout=15, interval=0, what="hand-over to a")
+    check_handed_over(closed)
     a.close()
 
     # A new member resumes after the committed offsets: only new records arrive.
@@ -499,9 +513,11 @@ def test_kafka_python_group_split_commit_resume(topic, cadmin):
         assert {om.metadata for om in offsets.values()} == {"kp-meta"}
 
         b.send("close")
+        closed = time.monotonic()
         b.thread.join(20)
         h.wait_for(lambda: a.state()[0] == set(range(PARTITIONS)), timeout=20,
                    what="hand-over to a")
+        check_handed_over(closed)
         a.send("close")
         a.thread.join(20)
 
@@ -733,11 +749,13 @@ def test_aiokafka_group_split_commit_resume(topic, cadmin):
             for p in parts:
                 assert await c.committed(TopicPartition(topic, p)) == PER_PARTITION
 
+        closed = time.monotonic()
         await b.stop()
         deadline = time.monotonic() + 20
         while {tp.partition for tp in a.assignment()} != set(range(PARTITIONS)):
             await a.getmany(timeout_ms=100)
             assert time.monotonic() < deadline, f"hand-over: {a.assignment()}"
+        check_handed_over(closed)
         await a.stop()
 
         await aio_resume_after_commits(group, topic)
