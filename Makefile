@@ -26,14 +26,18 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+## The binary the test targets use comes from this one build: `cargo build -p sluice` alone
+## resolves other features (no dev-dependencies) and would build the crates a second time.
+TEST_BUILD := cargo build --workspace --all-targets
+
 ## Unit, property and crash tests of every crate, then the rdkafka client tests.
 unit: deps
-	cargo build --workspace --all-targets
+	$(TEST_BUILD)
 	cargo nextest run --workspace --no-fail-fast --failure-output final
 
 ## Python (confluent-kafka, kafka-python, aiokafka), kcat and Go clients against a real node.
 interop: test-deps
-	cargo build -p sluice
+	$(TEST_BUILD)
 	SLUICE_BIN=$(BIN_DEBUG) tests/interop/run.sh
 
 ## A bounded fuzzing run of every fuzz target.
@@ -44,7 +48,7 @@ fuzz-smoke: deps
 ## (ISR, min.insync.replicas), coordinator failover, unique producer ids; then the interop
 ## suite against the three nodes with replication factor 3.
 cluster: test-deps
-	cargo build -p sluice
+	$(TEST_BUILD)
 	SLUICE_BIN=$(BIN_DEBUG) tests/cluster/run.sh
 	SLUICE_BIN=$(BIN_DEBUG) SLUICE_INTEROP_CLUSTER=1 tests/interop/run.sh
 
@@ -52,7 +56,7 @@ cluster: test-deps
 ## the compose network, Prometheus, kills, network cuts, a rolling restart. Skipped (and says
 ## so) where no Docker engine is usable.
 compose-test: test-deps
-	cargo build -p sluice
+	$(TEST_BUILD)
 	SLUICE_BIN=$(BIN_DEBUG) tests/compose/run.sh
 
 test: test-deps lint unit interop cluster compose-test fuzz-smoke
