@@ -588,10 +588,29 @@ impl TopicManager {
         }
     }
 
+    /// The topic as the metadata log has it now. A node that does not know `name` may just
+    /// not have applied its creation yet (a client that created it through another node a
+    /// moment ago): it writes a no-op record and applies up to it, which takes in everything
+    /// committed before. Kafka forwards admin writes to its controller for the same reason.
+    pub async fn latest(&self, name: &str) -> Option<Arc<Topic>> {
+        if let Some(t) = self.get(name) {
+            return Some(t);
+        }
+        if let Err(e) = self
+            .propose(MetaRecord::SetIsr {
+                changes: Vec::new(),
+            })
+            .await
+        {
+            tracing::debug!(topic = name, error = %e.message, "metadata catch-up failed");
+        }
+        self.get(name)
+    }
+
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
-        let Some(topic) = self.get(name) else {
+        let Some(topic) = self.latest(name).await else {
             return Err(ApiError::new(
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic '{name}' does not exist"),
@@ -647,6 +666,7 @@ impl TopicManager {
     /// CreatePartitions: grows a topic to `count` partitions (same replication factor).
     pub async fn add_partitions(&self, name: &str, count: i32) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
+        self.latest(name).await;
         let topic = self.check_partitions(name, count)?;
         let have = topic.partitions.len() as i32;
         let rf = topic
@@ -678,7 +698,7 @@ impl TopicManager {
         update: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError>,
     ) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
-        let Some(topic) = self.get(name) else {
+        let Some(topic) = self.latest(name).await else {
             return Err(ApiError::new(
                 codes::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("topic '{name}' does not exist"),

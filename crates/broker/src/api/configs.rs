@@ -277,7 +277,8 @@ pub fn alter_configs(broker: Arc<Broker>, req: AlterConfigsRequest) -> Reply {
                 if req.validate_only {
                     broker
                         .topics
-                        .get(&name)
+                        .latest(&name)
+                        .await
                         .ok_or_else(|| unknown_topic(&name))?;
                     return Ok(());
                 }
@@ -413,7 +414,8 @@ pub fn incremental_alter_configs(
                 if req.validate_only {
                     let topic = broker
                         .topics
-                        .get(&name)
+                        .latest(&name)
+                        .await
                         .ok_or_else(|| unknown_topic(&name))?;
                     apply_ops(&topic.overrides, &ops, defaults)?;
                     return Ok(());

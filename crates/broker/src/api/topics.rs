@@ -214,6 +214,7 @@ pub fn create_partitions(broker: Arc<Broker>, req: CreatePartitionsRequest) -> R
                         format!("topic '{name}' appears more than once in the request"),
                     ));
                 }
+                broker.topics.latest(&name).await;
                 let topic = broker.topics.check_partitions(&name, t.count)?;
                 if let Some(assignments) = &t.assignments {
                     let added = (t.count as usize).saturating_sub(topic.partitions.len());
