@@ -666,7 +666,6 @@ impl TopicManager {
     /// CreatePartitions: grows a topic to `count` partitions (same replication factor).
     pub async fn add_partitions(&self, name: &str, count: i32) -> Result<(), ApiError> {
         let _guard = self.admin.lock().await;
-        self.latest(name).await;
         let topic = self.check_partitions(name, count)?;
         let have = topic.partitions.len() as i32;
         let rf = topic

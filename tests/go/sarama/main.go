@@ -109,26 +109,9 @@ func runCodec(brokers []string, codecName string, codec sarama.CompressionCodec,
 	defer client.Close()
 
 	// Wait for the topic to show up with leaders for every partition.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		_ = client.RefreshMetadata(topic)
-		ps, err := client.Partitions(topic)
-		ok := err == nil && len(ps) == partitions
-		if ok {
-			for _, p := range ps {
-				if _, lerr := client.Leader(topic, p); lerr != nil {
-					ok = false
-				}
-			}
-		}
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			failf("[%s] topic %s never got %d partitions with leaders (partitions=%v err=%v)", codecName, topic, partitions, ps, err)
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := waitLeaders(client, topic, partitions); err != nil {
+		failf("[%s] %v", codecName, err)
+		return
 	}
 
 	producer, err := sarama.NewSyncProducerFromClient(client)
@@ -259,6 +242,28 @@ func runCodec(brokers []string, codecName string, codec sarama.CompressionCodec,
 
 	if err := admin.DeleteTopic(topic); err != nil {
 		failf("[%s] DeleteTopic(%s): %v", codecName, topic, err)
+	}
+}
+
+// waitLeaders waits up to 15 s for `topic` to show `parts` partitions, each with a leader.
+func waitLeaders(client sarama.Client, topic string, parts int32) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_ = client.RefreshMetadata(topic)
+		ps, err := client.Partitions(topic)
+		ok := err == nil && int32(len(ps)) == parts
+		for _, p := range ps {
+			if _, lerr := client.Leader(topic, p); lerr != nil {
+				ok = false
+			}
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("topic %s never got %d partitions with leaders (partitions=%v err=%v)", topic, parts, ps, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -506,24 +511,9 @@ func runGroupThree(brokers []string, runID string) {
 		return
 	}
 	defer client.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		_ = client.RefreshMetadata(topic)
-		ps, err := client.Partitions(topic)
-		ok := err == nil && len(ps) == parts
-		for _, p := range ps {
-			if _, lerr := client.Leader(topic, p); lerr != nil {
-				ok = false
-			}
-		}
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			failf("[group3] topic %s never got %d partitions with leaders (%v, %v)", topic, parts, ps, err)
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := waitLeaders(client, topic, parts); err != nil {
+		failf("[group3] %v", err)
+		return
 	}
 
 	gcfg := newConfig()
@@ -581,7 +571,7 @@ func runGroupThree(brokers []string, runID string) {
 		return len(owner) == parts
 	}
 	var split []view
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for split = snapshot(); !settled(split); split = snapshot() {
 		if time.Now().After(deadline) {
 			failf("[group3] no 2/2/2 split of %d partitions within 30 s: %+v", parts, split)
