@@ -4,7 +4,8 @@
 //! partitions cost thousands of RPCs a second on an idle cluster. In a cluster Sluice turns
 //! openraft's own heartbeats and election timers off ([`cluster_config`]) and runs one task per
 //! node instead: it pings every peer (one tiny call per peer per [`PING_EVERY`]) and, for every
-//! local group whose leader is a peer that has not answered for [`DEAD_AFTER`], or that has had
+//! local group whose leader is a peer that has not answered for [`DEAD_AFTER`] (for
+//! [`REFUSED_DEAD_AFTER`] if its port refuses connections), or that has had
 //! no leader for [`LEADERLESS_AFTER`], triggers an election with pre-vote after a random delay
 //! (pre-vote never disturbs a leader a quorum still follows). Raft's safety does not depend on
 //! timers; this only decides when to campaign.
@@ -29,10 +30,16 @@ use crate::types::NodeId;
 
 /// How often every peer is pinged and every group checked.
 pub const PING_EVERY: Duration = Duration::from_millis(150);
-/// A peer that has not answered a ping for this long is taken as down. Not shorter than the
-/// leader lease (`election_timeout_max`, 1 s): until it runs out, followers that heard from
-/// the leader refuse to campaign.
+/// A peer that has not answered a ping for this long is taken as down. Silence is not a
+/// definite answer (a stalled or cut-off node may come back), so this is twice the leader
+/// lease (`election_timeout_max`, 500 ms), until which followers that heard from the leader
+/// refuse to campaign anyway.
 pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
+/// A peer whose host refuses connections to its cluster port (its process is not running: a
+/// killed process's port refuses at once) is down once it has not answered a ping for this
+/// long: the leader lease plus one ping interval, so the lease that followers refuse to vote
+/// under has run out by then even if the last ping came just before the kill.
+pub const REFUSED_DEAD_AFTER: Duration = Duration::from_millis(650);
 /// How soon a group that is still without a live leader campaigns again.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// A group without a known leader for this long campaigns.
@@ -104,9 +111,11 @@ async fn run(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let start = Instant::now();
-    // Peers count as alive at start: groups learn their leaders first.
-    let seen: Arc<Mutex<HashMap<NodeId, Instant>>> =
-        Arc::new(Mutex::new(peers.iter().map(|p| (*p, start)).collect()));
+    // Per peer: its last answered ping, and whether its last ping was refused. Peers count as
+    // alive at start: groups learn their leaders first.
+    let seen: Arc<Mutex<HashMap<NodeId, (Instant, bool)>>> = Arc::new(Mutex::new(
+        peers.iter().map(|p| (*p, (start, false))).collect(),
+    ));
     // Per group: when it became unhealthy, and when it may campaign next.
     let mut due: HashMap<Bytes, Instant> = HashMap::new();
     // Per group led here: since when, and the last hand-over attempt.
@@ -131,9 +140,16 @@ async fn run(
             let registry = node.registry.clone();
             let p = *p;
             tokio::spawn(async move {
-                let ok = call.await.is_ok();
-                if ok {
-                    seen.lock().insert(p, Instant::now());
+                let r = call.await;
+                let ok = r.is_ok();
+                {
+                    let mut seen = seen.lock();
+                    let entry = seen.entry(p).or_insert((Instant::now(), false));
+                    if ok {
+                        *entry = (Instant::now(), false);
+                    } else {
+                        entry.1 = matches!(r, Err(crate::network::CallError::Refused));
+                    }
                 }
                 // A failed ping (a killed process refuses the connection at once) makes the
                 // peer unreachable for what clients are told, long before it counts as down.
@@ -142,9 +158,15 @@ async fn run(
         }
         let now = Instant::now();
         let alive = |p: NodeId| {
-            seen.lock()
-                .get(&p)
-                .is_some_and(|t| now.saturating_duration_since(*t) < DEAD_AFTER)
+            seen.lock().get(&p).is_some_and(|(t, refused)| {
+                let silent = now.saturating_duration_since(*t);
+                silent
+                    < if *refused {
+                        REFUSED_DEAD_AFTER
+                    } else {
+                        DEAD_AFTER
+                    }
+            })
         };
         for p in &peers {
             node.registry.set_down(*p, !alive(*p));

@@ -34,6 +34,9 @@ pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub enum CallError {
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// Nothing listens on the node's cluster port: its process is not running.
+    #[error("connection refused")]
+    Refused,
     #[error("timed out")]
     Timeout,
     #[error("remote: {0}")]
@@ -438,6 +441,7 @@ impl Router for crate::transport::Transport {
                 Ok(b) => Ok(b),
                 Err(E::Timeout(_)) => Err(CallError::Timeout),
                 Err(E::Remote(m)) => Err(CallError::Remote(m)),
+                Err(E::Refused(_)) => Err(CallError::Refused),
                 Err(e) => Err(CallError::Unreachable(e.to_string())),
             }
         })

@@ -78,6 +78,10 @@ pub enum TransportError {
     UnknownPeer(NodeId),
     #[error("peer {0} unreachable: {1}")]
     Unreachable(NodeId, String),
+    /// The peer's host answered that nothing listens on its cluster port: its process is not
+    /// running (a definite answer, unlike a timeout).
+    #[error("peer {0} refused the connection")]
+    Refused(NodeId),
     #[error("call to peer {0} timed out")]
     Timeout(NodeId),
     #[error("remote error: {0}")]
@@ -361,6 +365,15 @@ async fn peer_task(
     let (node_id, connect_timeout) = (ctx.node_id, ctx.connect_timeout);
     let mut backoff = Duration::ZERO;
     let mut retry_at: Option<Instant> = None;
+    // Whether the last failed connect was refused (calls failed while backing off say so too).
+    let mut refused = false;
+    let failed = |refused: bool, reason: &str| {
+        if refused {
+            TransportError::Refused(peer)
+        } else {
+            TransportError::Unreachable(peer, reason.to_string())
+        }
+    };
     loop {
         let req = tokio::select! {
             biased;
@@ -374,8 +387,8 @@ async fn peer_task(
             continue; // caller already timed out
         }
         if retry_at.is_some_and(|at| Instant::now() < at) {
-            let msg = "backing off after failed connect".to_string();
-            let _ = req.reply.send(Err(TransportError::Unreachable(peer, msg)));
+            let msg = "backing off after failed connect";
+            let _ = req.reply.send(Err(failed(refused, msg)));
             continue;
         }
         let connected = tokio::select! {
@@ -387,20 +400,20 @@ async fn peer_task(
             r = connect(&addr, node_id, connect_timeout) => r,
         };
         match connected {
-            Err(reason) => {
+            Err(ConnectFailed {
+                reason,
+                refused: was_refused,
+            }) => {
                 if backoff.is_zero() {
                     debug!(peer, %addr, "cluster connect failed: {reason}");
                 }
+                refused = was_refused;
                 backoff = (backoff * 2).max(INITIAL_BACKOFF).min(ctx.backoff_max);
                 retry_at = Some(Instant::now() + backoff);
                 // Everything that queued up during the attempt fails fast too.
-                let _ = req
-                    .reply
-                    .send(Err(TransportError::Unreachable(peer, reason.clone())));
+                let _ = req.reply.send(Err(failed(refused, &reason)));
                 while let Ok(r) = rx.try_recv() {
-                    let _ = r
-                        .reply
-                        .send(Err(TransportError::Unreachable(peer, reason.clone())));
+                    let _ = r.reply.send(Err(failed(refused, &reason)));
                 }
             }
             Ok(stream) => {
@@ -421,7 +434,17 @@ async fn peer_task(
     }
 }
 
-async fn connect(addr: &str, node_id: NodeId, timeout: Duration) -> Result<TcpStream, String> {
+struct ConnectFailed {
+    reason: String,
+    /// Connection refused: nothing listens at the address.
+    refused: bool,
+}
+
+async fn connect(
+    addr: &str,
+    node_id: NodeId,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectFailed> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
@@ -434,8 +457,14 @@ async fn connect(addr: &str, node_id: NodeId, timeout: Duration) -> Result<TcpSt
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-        Err(_) => Err(format!("connect to {addr} timed out")),
+        Ok(Err(e)) => Err(ConnectFailed {
+            reason: format!("connect to {addr}: {e}"),
+            refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+        }),
+        Err(_) => Err(ConnectFailed {
+            reason: format!("connect to {addr} timed out"),
+            refused: false,
+        }),
     }
 }
 
@@ -917,7 +946,13 @@ mod tests {
             match echo(t, peer, "again").await {
                 Ok(b) => return b,
                 Err(e) if Instant::now() < deadline => {
-                    assert!(matches!(e, TransportError::Unreachable(..)), "{e}");
+                    assert!(
+                        matches!(
+                            e,
+                            TransportError::Unreachable(..) | TransportError::Refused(_)
+                        ),
+                        "{e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => panic!("never recovered: {e}"),
@@ -1056,7 +1091,8 @@ mod tests {
         for _ in 0..3 {
             let start = Instant::now();
             let r = echo(&a, 2, "x").await;
-            assert!(matches!(r, Err(TransportError::Unreachable(2, _))), "{r:?}");
+            // Nothing listens there: a definite refusal, also while backing off.
+            assert!(matches!(r, Err(TransportError::Refused(2))), "{r:?}");
             assert!(start.elapsed() < Duration::from_millis(500));
         }
         let (b, _) = node(2, &addr.to_string()).await;
