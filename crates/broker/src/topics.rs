@@ -157,14 +157,41 @@ struct TopicSpec {
     configs: BTreeMap<String, String>,
 }
 
+/// The topics by name and by id (Fetch v13+, Metadata and DeleteTopics name topics by id).
+#[derive(Default)]
+struct TopicMap {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl TopicMap {
+    /// Adds or replaces the topic of that name.
+    fn insert(&mut self, topic: Arc<Topic>) {
+        if let Some(old) = self.by_name.insert(topic.name.clone(), topic.clone()) {
+            self.by_id.remove(&old.id);
+        }
+        self.by_id.insert(topic.id, topic);
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Topic>> {
+        let t = self.by_name.remove(name)?;
+        self.by_id.remove(&t.id);
+        Some(t)
+    }
+}
+
 /// Every topic of the node: the local view of the cluster metadata log.
 pub struct TopicManager {
     broker: BrokerConfig,
     meta: MetaStore,
     log_dir: PathBuf,
     metrics: Metrics,
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    topics: RwLock<TopicMap>,
     admin: tokio::sync::Mutex<()>,
+    /// Metadata catch-up rounds ([`TopicManager::latest`]): how many were started, and
+    /// (under the lock, which runs one round at a time) the number of the last that completed.
+    catchups_started: std::sync::atomic::AtomicU64,
+    catchup: tokio::sync::Mutex<u64>,
     raft: RaftNode,
     /// The cluster's nodes (broker ids), from the peer list (or this node alone).
     nodes: Vec<i32>,
@@ -289,7 +316,7 @@ impl TopicManager {
                 );
             }
         }
-        let mut topics = HashMap::new();
+        let mut topics = TopicMap::default();
         for (name, spec) in specs {
             let config = ResolvedConfig::resolve(&spec.configs, broker);
             let mut partitions = Vec::with_capacity(spec.replicas.len());
@@ -309,10 +336,10 @@ impl TopicManager {
                 overrides: spec.configs,
                 config,
             };
-            topics.insert(name, Arc::new(topic));
+            topics.insert(Arc::new(topic));
         }
         tracing::info!(
-            topics = topics.len(),
+            topics = topics.by_name.len(),
             metadata_records = records.len(),
             "loaded topics from {METADATA_TOPIC}"
         );
@@ -323,6 +350,8 @@ impl TopicManager {
             metrics: metrics.clone(),
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
+            catchups_started: std::sync::atomic::AtomicU64::new(0),
+            catchup: tokio::sync::Mutex::new(0),
             raft,
             nodes,
             brokers: RwLock::new(brokers),
@@ -448,16 +477,16 @@ impl TopicManager {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().get(name).cloned()
+        self.topics.read().by_name.get(name).cloned()
     }
 
     pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.topics.read().values().find(|t| t.id == id).cloned()
+        self.topics.read().by_id.get(&id).cloned()
     }
 
     /// Every topic, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> = self.topics.read().values().cloned().collect();
+        let mut v: Vec<_> = self.topics.read().by_name.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -478,7 +507,7 @@ impl TopicManager {
                 format!("'{name}' is reserved for the cluster metadata log"),
             ));
         }
-        if self.topics.read().contains_key(name) {
+        if self.topics.read().by_name.contains_key(name) {
             return Err(ApiError::new(
                 codes::TOPIC_ALREADY_EXISTS,
                 format!("topic '{name}' already exists"),
@@ -592,18 +621,31 @@ impl TopicManager {
     /// not have applied its creation yet (a client that created it through another node a
     /// moment ago): it writes a no-op record and applies up to it, which takes in everything
     /// committed before. Kafka forwards admin writes to its controller for the same reason.
+    /// Concurrent callers share rounds: one no-op started after a caller arrived serves it,
+    /// so a flood of requests for unknown topics adds at most one record per commit.
     pub async fn latest(&self, name: &str) -> Option<Arc<Topic>> {
+        use std::sync::atomic::Ordering;
         if let Some(t) = self.get(name) {
             return Some(t);
         }
-        if let Err(e) = self
-            .propose(MetaRecord::SetIsr {
-                changes: Vec::new(),
-            })
-            .await
-        {
-            tracing::debug!(topic = name, error = %e.message, "metadata catch-up failed");
+        let arrived_after = self.catchups_started.load(Ordering::Acquire);
+        let mut completed = self.catchup.lock().await;
+        // A round numbered above `arrived_after` started after this call did.
+        if *completed <= arrived_after {
+            let round = self.catchups_started.fetch_add(1, Ordering::AcqRel) + 1;
+            match self
+                .propose(MetaRecord::SetIsr {
+                    changes: Vec::new(),
+                })
+                .await
+            {
+                Ok(()) => *completed = round,
+                Err(e) => {
+                    tracing::debug!(topic = name, error = %e.message, "metadata catch-up failed")
+                }
+            }
         }
+        drop(completed);
         self.get(name)
     }
 
@@ -902,13 +944,13 @@ impl TopicManager {
                     overrides: configs,
                     config,
                 });
-                self.topics.write().insert(name.clone(), topic);
+                self.topics.write().insert(topic);
                 tracing::info!(topic = %name, partitions, "created topic");
             }
             MetaRecord::DeleteTopic { name, id } => {
                 let topic = {
                     let mut topics = self.topics.write();
-                    match topics.get(&name) {
+                    match topics.by_name.get(&name) {
                         Some(t) if t.id == id => topics.remove(&name),
                         _ => None,
                     }
@@ -1051,7 +1093,7 @@ impl TopicManager {
             internal: old.internal,
         };
         change(&mut new);
-        self.topics.write().insert(old.name.clone(), Arc::new(new));
+        self.topics.write().insert(Arc::new(new));
     }
 
     /// Applies retention to every partition and refreshes the per-partition gauges.
@@ -1470,6 +1512,42 @@ mod tests {
                 .expect("local")
                 .high_watermark(),
             0
+        );
+        tm.close_all().await;
+    }
+
+    /// Admin requests for a topic the node does not know catch up with the metadata log by a
+    /// no-op record; concurrent ones share records instead of writing one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_catch_ups_share_their_no_op_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let meta = MetaStore::open(&dir.path().join("meta")).expect("meta");
+        let tm = Arc::new(open(&cfg, &meta));
+        tm.create("a", 1, 1, BTreeMap::new())
+            .await
+            .expect("create a");
+        let before = tm.controller().log_end_offset();
+        // Known topics need no round.
+        assert!(tm.latest("a").await.is_some());
+        assert_eq!(tm.controller().log_end_offset(), before);
+        assert!(tm.latest("nope").await.is_none());
+        assert_eq!(tm.controller().log_end_offset(), before + 1);
+        let calls: Vec<_> = (0..50)
+            .map(|i| {
+                let tm = tm.clone();
+                tokio::spawn(async move { tm.latest(&format!("nope-{i}")).await.is_none() })
+            })
+            .collect();
+        for c in calls {
+            assert!(c.await.expect("task"));
+        }
+        let written = tm.controller().log_end_offset() - before - 1;
+        // At least one round ran for the 50 (each must see a record started after it
+        // arrived); while one round is being committed the rest queue for the next.
+        assert!(
+            (1..50).contains(&written),
+            "50 concurrent catch-ups wrote {written} records"
         );
         tm.close_all().await;
     }
