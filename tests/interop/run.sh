@@ -11,7 +11,8 @@
 # Environment:
 #   SLUICE_BIN          broker binary (default /var/cache/sluice/target/debug/sluice)
 #   SLUICE_VENV         venv to use (default <repo>/.venv)
-#   SLUICE_PYTEST_ARGS  extra pytest arguments (e.g. "-k confluent -x")
+#   SLUICE_PYTEST_ARGS  extra pytest arguments, split as the shell would (e.g.
+#                       "-x -k 'confluent or aiokafka'")
 #   SLUICE_INTEROP_ONLY space-separated subset of stages: "python kcat go" (default all)
 #   SLUICE_KEEP_LOGS=1  keep the broker's data dir and log even on success
 #   SLUICE_INTEROP_CLUSTER=1  run everything against a three-node local cluster
@@ -233,9 +234,13 @@ check_alive_after() {
 run_python() {
     log "python clients (pytest tests/python)"
     local junit="$WORK/pytest-junit.xml"
-    # shellcheck disable=SC2086
+    # Split with the shell's quoting rules, so a -k expression may hold spaces.
+    local -a extra=()
+    if [ -n "${SLUICE_PYTEST_ARGS:-}" ]; then
+        eval "extra=($SLUICE_PYTEST_ARGS)"
+    fi
     (cd "$REPO/tests/python" && "$VENV/bin/python" -m pytest -v --tb=short -p no:cacheprovider \
-        --junitxml="$junit" ${SLUICE_PYTEST_ARGS:-} .)
+        --junitxml="$junit" "${extra[@]}" .)
     local rc=$?
     local counts
     counts="$(python3 - "$junit" <<'EOF' 2>/dev/null

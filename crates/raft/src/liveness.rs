@@ -30,16 +30,16 @@ use crate::types::NodeId;
 
 /// How often every peer is pinged and every group checked.
 pub const PING_EVERY: Duration = Duration::from_millis(150);
-/// A peer that has not answered a ping for this long is taken as down. Silence is not a
-/// definite answer (a stalled or cut-off node may come back), so this is twice the leader
-/// lease (`election_timeout_max`, 500 ms), until which followers that heard from the leader
-/// refuse to campaign anyway.
+/// A peer that has not answered a ping for this long is taken as down. Not shorter than the
+/// leader lease (`election_timeout_max`, 1 s): until it runs out, followers that heard from
+/// the leader refuse to campaign.
 pub const DEAD_AFTER: Duration = Duration::from_millis(1000);
 /// A peer whose host refuses connections to its cluster port (its process is not running: a
-/// killed process's port refuses at once) is down once it has not answered a ping for this
-/// long: the leader lease plus one ping interval, so the lease that followers refuse to vote
-/// under has run out by then even if the last ping came just before the kill.
-pub const REFUSED_DEAD_AFTER: Duration = Duration::from_millis(650);
+/// killed process's port refuses at once, a definite answer where silence may be a stall) is
+/// down once it has not answered a ping for this long (two ping intervals). A follower then
+/// drops its lease on that leader ([`drop_lease`]) instead of waiting out
+/// [`DEAD_AFTER`]: the lease only protects a leader that is still running.
+pub const REFUSED_DEAD_AFTER: Duration = Duration::from_millis(300);
 /// How soon a group that is still without a live leader campaigns again.
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// A group without a known leader for this long campaigns.
@@ -93,6 +93,17 @@ pub struct LivenessGuard {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// Drops this replica's lease on `dead`, the leader it follows, so that it votes (and
+/// campaigns) at once. Uses openraft's leadership-transfer message addressed to another node,
+/// which resets the lease of every replica it reaches and does nothing more on them.
+pub(crate) async fn drop_lease(raft: &crate::network::GroupRaft, dead: NodeId) {
+    let vote = raft.metrics().borrow_watched().vote;
+    let req = openraft::raft::TransferLeaderRequest::new(vote, dead, None);
+    if let Err(e) = raft.handle_transfer_leader(req).await {
+        tracing::debug!(error = %e, "dropping the lease on a dead leader");
+    }
+}
+
 fn jitter() -> Duration {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(
@@ -120,6 +131,8 @@ async fn run(
     let mut due: HashMap<Bytes, Instant> = HashMap::new();
     // Per group led here: since when, and the last hand-over attempt.
     let mut led_since: HashMap<Bytes, Instant> = HashMap::new();
+    // Per group: the term in which this node dropped its lease on a leader refusing connections.
+    let mut lease_dropped: HashMap<Bytes, u64> = HashMap::new();
     // Group -> when leadership was handed to the preferred replica, and in which term.
     let mut handed: HashMap<Bytes, (Instant, u64)> = HashMap::new();
     // Per group led here: the leader's last log index at the previous tick and when each
@@ -159,23 +172,30 @@ async fn run(
         let now = Instant::now();
         let alive = |p: NodeId| {
             seen.lock().get(&p).is_some_and(|(t, refused)| {
-                let silent = now.saturating_duration_since(*t);
-                silent
-                    < if *refused {
-                        REFUSED_DEAD_AFTER
-                    } else {
-                        DEAD_AFTER
-                    }
+                let limit = if *refused {
+                    REFUSED_DEAD_AFTER
+                } else {
+                    DEAD_AFTER
+                };
+                now.saturating_duration_since(*t) < limit
+            })
+        };
+        // Down with a definite answer: its port refuses connections.
+        let refused_dead = |p: NodeId| {
+            seen.lock().get(&p).is_some_and(|(t, refused)| {
+                *refused && now.saturating_duration_since(*t) >= REFUSED_DEAD_AFTER
             })
         };
         for p in &peers {
             node.registry.set_down(*p, !alive(*p));
+            node.registry.set_gone(*p, refused_dead(*p));
         }
         let groups = node.registry.all();
         due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         caught_up.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         led_since.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
+        lease_dropped.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         for (key, raft, preferred) in groups {
             let (leader, caught_up_followers, term) = {
                 let m = raft.metrics();
@@ -286,6 +306,14 @@ async fn run(
                 Some(l) => alive(l),
                 None => false,
             };
+            // The leader's process is gone: a lease on it protects nothing, and waiting it out
+            // (1 s since its last append) would only delay the election.
+            let gone = leader.filter(|l| *l != node.id && refused_dead(*l));
+            if let Some(l) = gone.filter(|_| lease_dropped.get(&key) != Some(&term)) {
+                lease_dropped.insert(key.clone(), term);
+                let raft = raft.clone();
+                tokio::spawn(async move { drop_lease(&raft, l).await });
+            }
             if healthy {
                 due.remove(&key);
                 continue;

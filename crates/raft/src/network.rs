@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -97,6 +98,8 @@ pub struct Registry {
     down: Arc<RwLock<std::collections::HashSet<NodeId>>>,
     /// Peers whose last ping failed.
     unreachable: Arc<RwLock<std::collections::HashSet<NodeId>>>,
+    /// Down peers whose cluster port refuses connections: their process is not running.
+    gone: Arc<RwLock<std::collections::HashSet<NodeId>>>,
 }
 
 impl Registry {
@@ -156,6 +159,14 @@ impl Registry {
         }
     }
 
+    pub(crate) fn set_gone(&self, node: NodeId, gone: bool) {
+        if gone {
+            self.gone.write().insert(node);
+        } else {
+            self.gone.write().remove(&node);
+        }
+    }
+
     pub(crate) fn set_down(&self, node: NodeId, down: bool) {
         if down {
             self.down.write().insert(node);
@@ -190,6 +201,7 @@ impl Registry {
             };
         }
         let raft = self.groups.read().get(&group).cloned();
+        let gone = self.gone.clone();
         Box::pin(async move {
             let Some(raft) = raft else {
                 return Err(format!(
@@ -203,15 +215,26 @@ impl Registry {
                     let resp = raft.append_entries(req).await.map_err(|e| e.to_string())?;
                     encode(&resp)
                 }
-                VOTE => {
+                VOTE | PRE_VOTE => {
                     let req: VoteRequest<TypeConfig> = decode(&body)?;
-                    let resp = raft.vote(req).await.map_err(|e| e.to_string())?;
-                    encode(&resp)
-                }
-                PRE_VOTE => {
-                    let req: VoteRequest<TypeConfig> = decode(&body)?;
-                    let resp = raft.pre_vote(req).await.map_err(|e| e.to_string())?;
-                    encode(&resp)
+                    // A leader whose port refuses connections is not running: its lease here
+                    // protects nothing (liveness::REFUSED_DEAD_AFTER). Silence alone is no
+                    // reason: this node may still hear the leader over its other connection.
+                    let dead = {
+                        let m = raft.metrics();
+                        let m = m.borrow_watched();
+                        m.current_leader
+                            .filter(|l| *l != m.id && gone.read().contains(l))
+                    };
+                    if let Some(l) = dead {
+                        crate::liveness::drop_lease(&raft, l).await;
+                    }
+                    let resp = if method == VOTE {
+                        raft.vote(req).await
+                    } else {
+                        raft.pre_vote(req).await
+                    };
+                    encode(&resp.map_err(|e| e.to_string())?)
                 }
                 TRANSFER => {
                     let req: TransferLeaderRequest<TypeConfig> = decode(&body)?;

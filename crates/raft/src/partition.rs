@@ -153,17 +153,18 @@ impl RaftNode {
 }
 
 /// The Raft timing Sluice uses: heartbeats every 150 ms; a follower refuses to vote while its
-/// leader's lease (election_timeout_max, 500 ms since it last heard from the leader) holds.
-/// A lone node's election timer fires after 300-500 ms. In a cluster openraft's timers are
-/// off and `liveness` decides when to campaign (a killed leader is replaced within about 1 s).
+/// leader's lease (election_timeout_max, 1 s since it last heard from the leader) holds, and
+/// a leader accepts writes only while a quorum acknowledged it within that lease. A lone
+/// node's election timer fires after 0.5-1 s. In a cluster openraft's timers are off and
+/// `liveness` decides when to campaign.
 /// No automatic snapshots (a partition's snapshot is only a position; retention asks for one
 /// when it purges).
 pub fn default_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "sluice".into(),
         heartbeat_interval: 150,
-        election_timeout_min: 300,
-        election_timeout_max: 500,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         // Never purge on openraft's own after a snapshot is built (0 here purged every
         // applied entry, so one retention pass deleted far more than its cut): retention and

@@ -1017,3 +1017,48 @@ async fn retention_by_size_keeps_the_newest_bytes() {
     assert!(start > 0 && start < 300 / 2 + 20, "log start {start}");
     assert_eq!(contents(p).last(), Some(&(299, 1)));
 }
+
+/// A follower that knows its leader's process is gone drops its lease on it
+/// (`liveness::drop_lease`) and grants the pre-vote it refused a moment before. The liveness
+/// task does this when the leader's port refuses connections, instead of waiting out the
+/// lease (election_timeout_max since the leader's last append).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_lease_on_a_gone_leader_lets_a_follower_vote() {
+    use openraft::async_runtime::watch::WatchReceiver;
+    use openraft::vote::{RaftLeaderId, RaftVote};
+
+    let c = Cluster::new(3);
+    let leader = c.leader(None).await;
+    c.part(leader)
+        .propose(vec![batch(1, 1)])
+        .await
+        .expect("commit");
+    let mut followers = (1..=3).filter(|i| *i != leader);
+    let (voter, candidate) = (followers.next().unwrap(), followers.next().unwrap());
+    for id in [voter, candidate] {
+        wait_hw(c.part(id), 1).await;
+        // No campaigns of openraft's own timers during the test.
+        c.part(id).raft_for_test().runtime_config().elect(false);
+    }
+    let raft = c.part(voter).raft_for_test();
+    let cand = c.part(candidate).raft_for_test().metrics().borrow_watched().clone();
+    // No more heartbeats renew the voter's lease from here on.
+    c.router.isolate(leader);
+    let req = openraft::raft::VoteRequest::new(
+        crate::types::Vote::from_leader_id(
+            openraft::type_config::alias::LeaderIdOf::<crate::types::TypeConfig>::new(
+                cand.current_term + 1,
+                candidate,
+            ),
+            false,
+        ),
+        cand.last_applied,
+    );
+    let before = raft.pre_vote(req.clone()).await.expect("pre-vote");
+    assert!(!before.vote_granted, "granted under a fresh lease: {before:?}");
+    crate::liveness::drop_lease(&raft, leader).await;
+    let after = raft.pre_vote(req).await.expect("pre-vote");
+    assert!(after.vote_granted, "{after:?}");
+    // A pre-vote changes nothing: the voter still follows the old term.
+    assert_eq!(raft.metrics().borrow_watched().current_term, cand.current_term);
+}
