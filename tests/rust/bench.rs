@@ -343,6 +343,10 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// The smallest lead over the asked rate the producer sleeps off (less is sent at once: a
+/// burst of at most this much of the rate).
+const PACE_SLEEP_MIN: Duration = Duration::from_micros(500);
+
 /// Serves delivery reports until nothing is in flight (librdkafka's own flush inside
 /// commit_transaction waits on its poll interval instead: ~100 ms per transaction).
 ///
@@ -413,13 +417,18 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
 
     for i in 0..args.records {
         if let Some(rate) = rate {
+            // Ahead of the asked rate: serve delivery reports, then sleep it off once the lead
+            // is worth a sleep. Not `poll(due - now)`: rust-rdkafka hands librdkafka the wait in
+            // whole milliseconds (0 here, the gaps are microseconds), so that poll spun on a
+            // core for the whole run at any rate, taking it from the brokers.
             let due = started + Duration::from_secs_f64(i as f64 / rate);
-            loop {
-                let now = Instant::now();
-                if now >= due {
-                    break;
+            let now = Instant::now();
+            if due > now {
+                producer.poll(Duration::ZERO);
+                let ahead = due.saturating_duration_since(Instant::now());
+                if ahead >= PACE_SLEEP_MIN {
+                    std::thread::sleep(ahead);
                 }
-                producer.poll(due - now);
             }
         }
         if args.txn_records > 0 && i % args.txn_records == 0 {

@@ -1041,7 +1041,12 @@ async fn dropping_the_lease_on_a_gone_leader_lets_a_follower_vote() {
         c.part(id).raft_for_test().runtime_config().elect(false);
     }
     let raft = c.part(voter).raft_for_test();
-    let cand = c.part(candidate).raft_for_test().metrics().borrow_watched().clone();
+    let cand = c
+        .part(candidate)
+        .raft_for_test()
+        .metrics()
+        .borrow_watched()
+        .clone();
     // No more heartbeats renew the voter's lease from here on.
     c.router.isolate(leader);
     let req = openraft::raft::VoteRequest::new(
@@ -1055,10 +1060,16 @@ async fn dropping_the_lease_on_a_gone_leader_lets_a_follower_vote() {
         cand.last_applied,
     );
     let before = raft.pre_vote(req.clone()).await.expect("pre-vote");
-    assert!(!before.vote_granted, "granted under a fresh lease: {before:?}");
+    assert!(
+        !before.vote_granted,
+        "granted under a fresh lease: {before:?}"
+    );
     crate::liveness::drop_lease(&raft, leader).await;
     let after = raft.pre_vote(req).await.expect("pre-vote");
     assert!(after.vote_granted, "{after:?}");
     // A pre-vote changes nothing: the voter still follows the old term.
-    assert_eq!(raft.metrics().borrow_watched().current_term, cand.current_term);
+    assert_eq!(
+        raft.metrics().borrow_watched().current_term,
+        cand.current_term
+    );
 }
