@@ -30,11 +30,19 @@ echo "three nodes, replication factor 3, acks=all, 6 partitions, fsync always" >
 peak_json="$(bench --mode produce --topic rf3-100 --partitions 6 --records "$RECORDS" \
   --record-size 100 --acks all --linger-ms 5)"
 echo "$peak_json" | sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 100 B",/'
-# 2. Peak rate, 1 KiB records.
+# 2. Latency at half the peak rate of phase 1, right after it, once the disk has written
+# back what phase 1 left dirty (its flush would otherwise land in this phase's tail).
+sync
+peak_rate="$(echo "$peak_json" | sed -n 's/.*"records_per_sec":\([0-9.]*\).*/\1/p')"
+half=$(awk -v r="$peak_rate" 'BEGIN { printf "%d", r / 2 }')
+bench --mode produce --topic rf3-half --partitions 6 --records "$RECORDS" --record-size 100 \
+  --acks all --linger-ms 5 --throughput "$half" |
+  sed "s/^{/{\"phase\":\"3 nodes RF=3 acks=all at half rate ($half\/s)\",/"
+# 3. Peak rate, 1 KiB records.
 bench --mode produce --topic rf3-1k --partitions 6 --records "$((RECORDS / 4))" \
   --record-size 1024 --acks all --linger-ms 5 |
   sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 1 KiB",/'
-# 2b. Transactions of 100 records (100 B each): a transactional producer committing after
+# 3b. Transactions of 100 records (100 B each): a transactional producer committing after
 # every 100 records, same topic settings as phase 1 (compare with its records/s).
 bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))" \
   --record-size 100 --acks all --linger-ms 5 --txn-records 100 |
@@ -42,12 +50,6 @@ bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))
 bench --mode produce --topic rf3-txn8 --partitions 6 --records "$((RECORDS / 5))" \
   --record-size 100 --acks all --linger-ms 5 --txn-records 100 --producers 8 |
   sed 's/^{/{"phase":"3 nodes RF=3 transactional, 8 producers, 100 records per transaction",/'
-# 3. Latency at half the peak rate of phase 1.
-peak_rate="$(echo "$peak_json" | sed -n 's/.*"records_per_sec":\([0-9.]*\).*/\1/p')"
-half=$(awk -v r="$peak_rate" 'BEGIN { printf "%d", r / 2 }')
-bench --mode produce --topic rf3-half --partitions 6 --records "$RECORDS" --record-size 100 \
-  --acks all --linger-ms 5 --throughput "$half" |
-  sed "s/^{/{\"phase\":\"3 nodes RF=3 acks=all at half rate ($half\/s)\",/"
 # 4. Consume back what phase 1 wrote (from the leaders).
 bench --mode consume --topic rf3-100 --records "$RECORDS" \
   --consumer-prop queued.min.messages=1000000 --consumer-prop fetch.queue.backoff.ms=10 |

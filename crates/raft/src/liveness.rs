@@ -60,10 +60,17 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 /// pings leaves at once.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
-/// For this long after it restarts, a node campaigns [`RECENT_START_DELAY`] later than
-/// others.
+/// For this long after it restarts, a node campaigns later than others: up to
+/// [`RECENT_START_DELAY`] right after the start, less as it has run longer (so of two
+/// replicas restarted recently, the one up for longer campaigns first).
 const RECENT_START: Duration = Duration::from_secs(10);
-const RECENT_START_DELAY: Duration = Duration::from_millis(500);
+const RECENT_START_DELAY: Duration = Duration::from_millis(800);
+
+/// How much later than a long-running replica a node up for `uptime` after a restart
+/// campaigns.
+fn restart_delay(uptime: Duration) -> Duration {
+    RECENT_START_DELAY.mul_f64(1.0 - uptime.div_duration_f64(RECENT_START).min(1.0))
+}
 
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
 const JITTER_MS: u64 = 300;
@@ -326,9 +333,11 @@ async fn run(
             // A node that restarted moments ago lets a longer-running replica campaign first:
             // clients that saw it die are still backing off their reconnects to it
             // (librdkafka grows that backoff towards 10 s), so a leader there would stall
-            // them. It still campaigns, a little later, if no other replica wins.
-            if restarted && now.saturating_duration_since(start) < RECENT_START {
-                wait += RECENT_START_DELAY;
+            // them. It still campaigns, a little later, if no other replica wins. Of two
+            // replicas restarted recently, the one up for longer goes first: clients are more
+            // likely to have reconnected to it.
+            if restarted {
+                wait += restart_delay(now.saturating_duration_since(start));
             }
             let at = *due
                 .entry(key.clone())
@@ -362,5 +371,26 @@ async fn run(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_node_campaigns_later_the_fresher_its_restart() {
+        assert_eq!(restart_delay(Duration::ZERO), RECENT_START_DELAY);
+        assert_eq!(restart_delay(RECENT_START), Duration::ZERO);
+        assert_eq!(restart_delay(RECENT_START * 3), Duration::ZERO);
+        let (fresh, older) = (
+            restart_delay(Duration::from_secs(3)),
+            restart_delay(Duration::from_secs(7)),
+        );
+        // Further apart than the random jitter, so the replica up for longer goes first.
+        assert!(
+            fresh > older + Duration::from_millis(JITTER_MS),
+            "{fresh:?} {older:?}"
+        );
     }
 }
