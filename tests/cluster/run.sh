@@ -16,13 +16,18 @@ cleanup() {
 trap cleanup EXIT
 echo "==> three-node cluster in $SLUICE_LOCAL_DIR"
 "$ROOT/deploy/local-cluster.sh" up
-echo "==> failover under an idempotent acks=all producer"
 dump_logs() {
     for n in 1 2 3; do
         echo "--- tail of node-$n.log"
         tail -n 30 "$SLUICE_LOCAL_DIR/node-$n.log" || true
     done
 }
+echo "==> a new topic's partitions get their preferred leaders at once"
+if ! "$PY" "$ROOT/tests/cluster/preferred.py"; then
+    dump_logs
+    exit 1
+fi
+echo "==> failover under an idempotent acks=all producer"
 if ! "$PY" "$ROOT/tests/cluster/failover.py"; then
     dump_logs
     exit 1

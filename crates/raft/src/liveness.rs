@@ -74,6 +74,12 @@ fn restart_delay(uptime: Duration) -> Duration {
 
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
 const JITTER_MS: u64 = 300;
+/// How much later than a live preferred replica the others campaign: its first campaign
+/// goes first whatever the jitter, and so does its retry if that first one found a replica
+/// that did not host the group yet (a topic is created on each node as it applies the
+/// metadata record).
+const PREFERRED_HEAD_START: Duration =
+    Duration::from_millis(RETRY_AFTER.as_millis() as u64 + JITTER_MS);
 
 /// openraft settings for groups of a cluster: [`crate::default_config`] without openraft's own
 /// heartbeats and election timer (the liveness task decides when to campaign).
@@ -338,6 +344,13 @@ async fn run(
             // likely to have reconnected to it.
             if restarted {
                 wait += restart_delay(now.saturating_duration_since(start));
+            }
+            // The preferred replica, when it is up, campaigns first: a new topic's partitions
+            // (and a group whose leader died while the preferred one was up) get their
+            // preferred leader at once, not a leader that balancing moves 5 s later, with a
+            // leader change for every client in the middle of its first writes.
+            if preferred.is_some_and(|p| p != node.id && Some(p) != leader && alive(p)) {
+                wait += PREFERRED_HEAD_START;
             }
             let at = *due
                 .entry(key.clone())

@@ -1041,14 +1041,29 @@ async fn dropping_the_lease_on_a_gone_leader_lets_a_follower_vote() {
         c.part(id).raft_for_test().runtime_config().elect(false);
     }
     let raft = c.part(voter).raft_for_test();
+    // The candidate has applied the leader's whole log (its metrics then name that log id).
+    let last = c
+        .part(leader)
+        .raft_for_test()
+        .metrics()
+        .borrow_watched()
+        .last_log_index;
+    c.part(candidate)
+        .raft_for_test()
+        .wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(last, "candidate caught up")
+        .await
+        .expect("caught up");
     let cand = c
         .part(candidate)
         .raft_for_test()
         .metrics()
         .borrow_watched()
         .clone();
-    // No more heartbeats renew the voter's lease from here on.
+    // No more heartbeats renew the voter's lease from here on (once those in flight landed;
+    // the lease, election_timeout_max, is 600 ms here).
     c.router.isolate(leader);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let req = openraft::raft::VoteRequest::new(
         crate::types::Vote::from_leader_id(
             openraft::type_config::alias::LeaderIdOf::<crate::types::TypeConfig>::new(
