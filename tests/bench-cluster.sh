@@ -17,6 +17,8 @@ BOOT="127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
 for b in "$SLUICE_BIN" "$BENCH"; do
   [ -x "$b" ] || { echo "missing $b: run 'make release' first" >&2; exit 1; }
 done
+[ -x "$ROOT/.venv/bin/python" ] ||
+  { echo "missing $ROOT/.venv (the failover phase needs it): run 'make test-deps' first" >&2; exit 1; }
 export SLUICE_LOCAL_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-cluster.XXXXXX")"
 export SLUICE_LOCAL_ARGS="--log-level warn --fsync always"
 cleanup() { deploy/local-cluster.sh down >/dev/null 2>&1 || true; rm -rf "$SLUICE_LOCAL_DIR"; }
