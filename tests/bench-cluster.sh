@@ -17,7 +17,8 @@ BOOT="127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092"
 for b in "$SLUICE_BIN" "$BENCH"; do
   [ -x "$b" ] || { echo "missing $b: run 'make release' first" >&2; exit 1; }
 done
-[ -x "$ROOT/.venv/bin/python" ] ||
+PY="$ROOT/.venv/bin/python"
+[ -x "$PY" ] ||
   { echo "missing $ROOT/.venv (the failover phase needs it): run 'make test-deps' first" >&2; exit 1; }
 export SLUICE_LOCAL_DIR="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-cluster.XXXXXX")"
 export SLUICE_LOCAL_ARGS="--log-level warn --fsync always"
@@ -57,4 +58,4 @@ bench --mode consume --topic rf3-100 --records "$RECORDS" \
   --consumer-prop queued.min.messages=1000000 --consumer-prop fetch.queue.backoff.ms=10 |
   sed 's/^{/{"phase":"3 nodes consume (queued.min.messages=1000000, fetch.queue.backoff.ms=10)",/'
 # 5. Failover: kill the leader of a partition under load, three times.
-FAILOVER_KILLS=3 "$ROOT/.venv/bin/python" tests/cluster/failover.py 2>/dev/null | grep -v '^%' >&2
+FAILOVER_KILLS=3 "$PY" tests/cluster/failover.py 2>/dev/null | grep -v '^%' >&2
