@@ -7,6 +7,7 @@ use std::time::Duration;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::Message;
 use sluice_tests::*;
 
 fn s(x: &str) -> StrBytes {
@@ -300,4 +301,96 @@ async fn idle_transactional_ids_expire() {
         st.producer_id.0, first_pid,
         "a forgotten id gets a new producer id"
     );
+}
+
+/// The Complete state is written to `__transaction_state` only when nothing newer of the id
+/// supersedes it within half a second. A coordinator that restarts before (kill -9 right
+/// after the commit) finds the Prepare record, writes the marker once more and completes
+/// the transaction; one that restarts after finds Complete. Either way the transaction stays
+/// committed: read_committed sees its records, and the id goes on with a new transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_transactions_survive_a_coordinator_crash() {
+    let mut node = Node::start_default();
+    let boot = node.bootstrap();
+    create_topic(&boot, "txn-crash", 1, &[]).await;
+    let timeout = Duration::from_secs(30);
+    let commit_one = |id: &str, value: &str| {
+        let mut cfg = client_config(&boot);
+        cfg.set("transactional.id", id);
+        let producer: BaseProducer = cfg.create().expect("producer");
+        producer.init_transactions(timeout).expect("init");
+        producer.begin_transaction().expect("begin");
+        producer
+            .send(
+                BaseRecord::<(), _>::to("txn-crash")
+                    .payload(value)
+                    .partition(0),
+            )
+            .expect("send");
+        producer.commit_transaction(timeout).expect("commit");
+    };
+    let wait_described = |raw: &mut Raw, id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = describe(raw, id);
+            if st.error_code == 0 && st.transaction_state.as_str() != "PrepareCommit" {
+                return st;
+            }
+            // COORDINATOR_LOAD_IN_PROGRESS / NOT_AVAILABLE while the state partition loads.
+            assert!(
+                matches!(st.error_code, 0 | 14 | 15),
+                "after the restart: {st:?}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never completed: {st:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Killed before the Complete record could be written.
+    commit_one("txn-crash-early", "a");
+    node.kill9();
+    node.restart();
+    let mut raw = Raw::connect(node.kafka_addr());
+    let st = wait_described(&mut raw, "txn-crash-early");
+    assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
+    assert!(st.topics.is_empty());
+    // One record, its marker, and the marker written again by the restarted coordinator:
+    // nothing is left open, so the last stable offset is the end of the log.
+    let end = latest(&mut raw, "txn-crash", 0);
+    eprintln!("log end after the crash right after the commit: {end}");
+    assert!(end == 2 || end == 3, "log end {end}");
+    assert_eq!(latest(&mut raw, "txn-crash", 1), end);
+
+    // Killed after it was.
+    commit_one("txn-crash-late", "b");
+    std::thread::sleep(Duration::from_millis(1500));
+    node.kill9();
+    node.restart();
+    let mut raw = Raw::connect(node.kafka_addr());
+    let st = wait_described(&mut raw, "txn-crash-late");
+    assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
+    let end2 = latest(&mut raw, "txn-crash", 0);
+    assert_eq!(
+        end2,
+        end + 2,
+        "one record and one marker, not written again"
+    );
+    assert_eq!(latest(&mut raw, "txn-crash", 1), end2);
+
+    // Both ids go on: a new transaction each, committed.
+    commit_one("txn-crash-early", "c");
+    commit_one("txn-crash-late", "d");
+    assert_eq!(latest(&mut raw, "txn-crash", 1), end2 + 4);
+    let c = consumer(&boot, &[("isolation.level", "read_committed")]);
+    assign_all_from_beginning(&c, "txn-crash", 1);
+    let values: Vec<String> = consume(&c, 4, timeout)
+        .await
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(values, vec!["a", "b", "c", "d"]);
+    assert_no_more(&c, Duration::from_millis(500)).await;
 }

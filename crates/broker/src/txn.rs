@@ -8,9 +8,10 @@
 //! once a marker has been written to every partition in it. The Prepare record is the
 //! decision: once it is committed the outcome is fixed, and a coordinator that takes over
 //! writes the markers again (a second marker for an ended transaction changes nothing).
-//! Every state change is written to the log before it is answered.
+//! Every state change is written to the log before it is answered, except Complete, which
+//! only needs writing when nothing newer of the id supersedes it ([`COMPLETE_WRITE_DELAY_MS`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -31,6 +32,13 @@ pub const TXN_TOPIC: &str = "__transaction_state";
 pub const MARKERS_GROUP: &str = "__txn_markers";
 /// Kafka's `transaction.max.timeout.ms` default.
 pub const MAX_TIMEOUT_MS: i32 = 900_000;
+/// Once every marker of a transaction is written, its Complete state is written to the log
+/// only if nothing newer of the id supersedes it within this time: a producer that goes on
+/// with its next transaction writes Ongoing (which says as much) and the Complete record
+/// never costs a Raft entry on its path. Until then the log says Prepare, so a coordinator
+/// taking over writes the markers once more, which changes nothing on the partitions: the
+/// producer has no transaction open there (its next one needs an Ongoing record first).
+pub const COMPLETE_WRITE_DELAY_MS: i64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -74,6 +82,10 @@ pub struct TxnMeta {
     /// The abort was decided by the coordinator at the transaction's timeout.
     #[serde(default)]
     pub timed_out: bool,
+    /// In memory only: this state (a Complete) is not in the log yet, which still holds the
+    /// Prepare before it. See [`COMPLETE_WRITE_DELAY_MS`].
+    #[serde(skip)]
+    pub unwritten: bool,
 }
 
 /// A summary for DescribeTransactions / ListTransactions.
@@ -104,6 +116,8 @@ pub struct TxnCoordinator {
     /// Transactional id -> its state (None: being created). One async lock per id keeps
     /// the changes of one id in order.
     txns: Mutex<HashMap<String, Slot>>,
+    /// Ids whose Complete state may still be unwritten (see [`COMPLETE_WRITE_DELAY_MS`]).
+    unwritten: Mutex<HashSet<String>>,
 }
 
 /// Fenced: older request versions only know INVALID_PRODUCER_EPOCH.
@@ -126,6 +140,7 @@ impl TxnCoordinator {
             led: Led::new(node_id, partitions),
             expiration_ms,
             txns: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashSet::new()),
         });
         tokio::spawn(tick_loop(Arc::downgrade(&c), broker));
         c
@@ -153,9 +168,11 @@ impl TxnCoordinator {
     }
 
     /// Writes the state of `id` to its partition; answered once committed.
-    async fn persist(&self, id: &str, meta: &TxnMeta) -> Result<(), i16> {
+    async fn persist(&self, id: &str, meta: &mut TxnMeta) -> Result<(), i16> {
         let value = serde_json::to_vec(meta).expect("serialisable");
-        self.write_record(id, Some(Bytes::from(value))).await
+        self.write_record(id, Some(Bytes::from(value))).await?;
+        meta.unwritten = false;
+        Ok(())
     }
 
     /// Writes the record of `id` (a tombstone when `value` is None); answered once committed.
@@ -232,6 +249,7 @@ impl TxnCoordinator {
                     start_ms: -1,
                     updated_ms: now,
                     timed_out: false,
+                    unwritten: false,
                 }
             }
             Some(m) => m,
@@ -251,7 +269,7 @@ impl TxnCoordinator {
             meta.status = Status::PrepareAbort;
             meta.timed_out = false;
             meta.updated_ms = now;
-            self.persist(id, &meta).await?;
+            self.persist(id, &mut meta).await?;
             *guard = Some(meta.clone());
             drop(guard);
             self.finish(broker, id, None).await?;
@@ -267,7 +285,7 @@ impl TxnCoordinator {
         next.start_ms = -1;
         next.timeout_ms = timeout_ms;
         next.updated_ms = now;
-        self.persist(id, &next).await?;
+        self.persist(id, &mut next).await?;
         let out = (next.producer_id, next.producer_epoch);
         *guard = Some(next);
         Ok(out)
@@ -336,7 +354,7 @@ impl TxnCoordinator {
         meta.status = Status::Ongoing;
         meta.partitions.extend(partitions);
         meta.updated_ms = now;
-        self.persist(id, &meta).await?;
+        self.persist(id, &mut meta).await?;
         *guard = Some(meta);
         Ok(())
     }
@@ -374,24 +392,24 @@ impl TxnCoordinator {
         };
         meta.timed_out = false;
         meta.updated_ms = now_ms();
-        self.persist(id, &meta).await?;
+        self.persist(id, &mut meta).await?;
         *guard = Some(meta);
         drop(guard);
         let (c, b, id2) = (self.clone(), broker.clone(), id.to_string());
         let (written, markers) = tokio::sync::oneshot::channel();
         tokio::spawn(async move { c.finish(&b, &id2, Some(written)).await });
-        // Answered once every marker is written: the Complete record follows under the id's
-        // lock, so the id's next request waits for it rather than seeing the transaction
-        // still preparing. The decision is durable: after 10 s the client may go on while
-        // the markers are retried.
+        // Answered once every marker is written and the state is Complete (in memory; the
+        // record follows later if nothing supersedes it), so the id's next request does not
+        // see the transaction still preparing. The decision is durable: after 10 s the client
+        // may go on while the markers are retried.
         let _ = tokio::time::timeout(Duration::from_secs(10), markers).await;
         Ok(())
     }
 
     /// Writes the markers of a prepared transaction until every partition has one, then
-    /// records it complete. Stops (leaving it to the next coordinator) when this node no
-    /// longer serves the id.
-    /// `written` hears once the markers are written and the Complete record is about to be.
+    /// makes it Complete (written to the log later; see [`COMPLETE_WRITE_DELAY_MS`]). Stops
+    /// (leaving it to the next coordinator) when this node no longer serves the id.
+    /// `written` hears once the markers are written, under the id's lock.
     async fn finish(
         &self,
         broker: &Arc<Broker>,
@@ -458,8 +476,10 @@ impl TxnCoordinator {
         done.partitions.clear();
         done.start_ms = -1;
         done.updated_ms = now_ms();
-        self.persist(id, &done).await?;
+        // Written later, unless the id's next change supersedes it first.
+        done.unwritten = true;
         *guard = Some(done);
+        self.unwritten.lock().insert(id.to_string());
         let result = match (commit, meta.timed_out) {
             (true, _) => "commit",
             (false, false) => "abort",
@@ -518,6 +538,36 @@ impl TxnCoordinator {
         }
     }
 
+    /// Writes the Complete states that nothing superseded within [`COMPLETE_WRITE_DELAY_MS`].
+    async fn write_completed(&self) {
+        let now = now_ms();
+        let ids: Vec<String> = self.unwritten.lock().iter().cloned().collect();
+        let writes = ids.into_iter().map(|id| async move {
+            let slot = self.txns.lock().get(&id).cloned();
+            // Gone (expired, or its partition no longer led here: the next coordinator
+            // finishes it from the Prepare record).
+            let Some(slot) = slot.filter(|_| self.not_serving(&id).is_none()) else {
+                self.unwritten.lock().remove(&id);
+                return;
+            };
+            let Ok(mut guard) = slot.try_lock() else {
+                return;
+            };
+            let Some(mut meta) = guard.clone().filter(|m| m.unwritten) else {
+                self.unwritten.lock().remove(&id);
+                return;
+            };
+            if now.saturating_sub(meta.updated_ms) < COMPLETE_WRITE_DELAY_MS {
+                return;
+            }
+            if self.persist(&id, &mut meta).await.is_ok() {
+                *guard = Some(meta);
+                self.unwritten.lock().remove(&id);
+            }
+        });
+        futures_util::future::join_all(writes).await;
+    }
+
     async fn abort_expired(self: &Arc<Self>, broker: &Arc<Broker>) {
         let now = now_ms();
         let slots = self.served_slots();
@@ -538,7 +588,7 @@ impl TxnCoordinator {
             next.status = Status::PrepareAbort;
             next.updated_ms = now;
             next.timed_out = true;
-            if self.persist(&id, &next).await.is_err() {
+            if self.persist(&id, &mut next).await.is_err() {
                 continue;
             }
             tracing::info!(txn = %id, producer_id = next.producer_id, "transaction timed out: aborting");
@@ -678,6 +728,7 @@ async fn tick_loop(c: Weak<TxnCoordinator>, broker: Weak<Broker>) {
             continue;
         };
         c.check_leadership(&b);
+        c.write_completed().await;
         n += 1;
         if n.is_multiple_of(10) {
             c.abort_expired(&b).await;
