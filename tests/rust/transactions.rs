@@ -360,7 +360,6 @@ async fn completed_transactions_survive_a_coordinator_crash() {
     // One record, its marker, and the marker written again by the restarted coordinator:
     // nothing is left open, so the last stable offset is the end of the log.
     let end = latest(&mut raw, "txn-crash", 0);
-    eprintln!("log end after the crash right after the commit: {end}");
     assert!(end == 2 || end == 3, "log end {end}");
     assert_eq!(latest(&mut raw, "txn-crash", 1), end);
 

@@ -65,6 +65,10 @@ impl Status {
     fn preparing(self) -> bool {
         matches!(self, Status::PrepareCommit | Status::PrepareAbort)
     }
+
+    fn complete(self) -> bool {
+        matches!(self, Status::CompleteCommit | Status::CompleteAbort)
+    }
 }
 
 /// The state of one transactional id, as written to `__transaction_state`.
@@ -82,10 +86,6 @@ pub struct TxnMeta {
     /// The abort was decided by the coordinator at the transaction's timeout.
     #[serde(default)]
     pub timed_out: bool,
-    /// In memory only: this state (a Complete) is not in the log yet, which still holds the
-    /// Prepare before it. See [`COMPLETE_WRITE_DELAY_MS`].
-    #[serde(skip)]
-    pub unwritten: bool,
 }
 
 /// A summary for DescribeTransactions / ListTransactions.
@@ -116,7 +116,8 @@ pub struct TxnCoordinator {
     /// Transactional id -> its state (None: being created). One async lock per id keeps
     /// the changes of one id in order.
     txns: Mutex<HashMap<String, Slot>>,
-    /// Ids whose Complete state may still be unwritten (see [`COMPLETE_WRITE_DELAY_MS`]).
+    /// Ids made Complete in memory whose record is not written yet (the log still says
+    /// Prepare), until their next state is written (see [`COMPLETE_WRITE_DELAY_MS`]).
     unwritten: Mutex<HashSet<String>>,
 }
 
@@ -168,11 +169,9 @@ impl TxnCoordinator {
     }
 
     /// Writes the state of `id` to its partition; answered once committed.
-    async fn persist(&self, id: &str, meta: &mut TxnMeta) -> Result<(), i16> {
+    async fn persist(&self, id: &str, meta: &TxnMeta) -> Result<(), i16> {
         let value = serde_json::to_vec(meta).expect("serialisable");
-        self.write_record(id, Some(Bytes::from(value))).await?;
-        meta.unwritten = false;
-        Ok(())
+        self.write_record(id, Some(Bytes::from(value))).await
     }
 
     /// Writes the record of `id` (a tombstone when `value` is None); answered once committed.
@@ -249,7 +248,6 @@ impl TxnCoordinator {
                     start_ms: -1,
                     updated_ms: now,
                     timed_out: false,
-                    unwritten: false,
                 }
             }
             Some(m) => m,
@@ -269,7 +267,7 @@ impl TxnCoordinator {
             meta.status = Status::PrepareAbort;
             meta.timed_out = false;
             meta.updated_ms = now;
-            self.persist(id, &mut meta).await?;
+            self.persist(id, &meta).await?;
             *guard = Some(meta.clone());
             drop(guard);
             self.finish(broker, id, None).await?;
@@ -285,7 +283,7 @@ impl TxnCoordinator {
         next.start_ms = -1;
         next.timeout_ms = timeout_ms;
         next.updated_ms = now;
-        self.persist(id, &mut next).await?;
+        self.persist(id, &next).await?;
         let out = (next.producer_id, next.producer_epoch);
         *guard = Some(next);
         Ok(out)
@@ -354,7 +352,7 @@ impl TxnCoordinator {
         meta.status = Status::Ongoing;
         meta.partitions.extend(partitions);
         meta.updated_ms = now;
-        self.persist(id, &mut meta).await?;
+        self.persist(id, &meta).await?;
         *guard = Some(meta);
         Ok(())
     }
@@ -392,7 +390,7 @@ impl TxnCoordinator {
         };
         meta.timed_out = false;
         meta.updated_ms = now_ms();
-        self.persist(id, &mut meta).await?;
+        self.persist(id, &meta).await?;
         *guard = Some(meta);
         drop(guard);
         let (c, b, id2) = (self.clone(), broker.clone(), id.to_string());
@@ -477,7 +475,6 @@ impl TxnCoordinator {
         done.start_ms = -1;
         done.updated_ms = now_ms();
         // Written later, unless the id's next change supersedes it first.
-        done.unwritten = true;
         *guard = Some(done);
         self.unwritten.lock().insert(id.to_string());
         let result = match (commit, meta.timed_out) {
@@ -550,18 +547,18 @@ impl TxnCoordinator {
                 self.unwritten.lock().remove(&id);
                 return;
             };
-            let Ok(mut guard) = slot.try_lock() else {
+            let Ok(guard) = slot.try_lock() else {
                 return;
             };
-            let Some(mut meta) = guard.clone().filter(|m| m.unwritten) else {
+            // Superseded: a later state was written (or the id expired).
+            let Some(meta) = guard.clone().filter(|m| m.status.complete()) else {
                 self.unwritten.lock().remove(&id);
                 return;
             };
             if now.saturating_sub(meta.updated_ms) < COMPLETE_WRITE_DELAY_MS {
                 return;
             }
-            if self.persist(&id, &mut meta).await.is_ok() {
-                *guard = Some(meta);
+            if self.persist(&id, &meta).await.is_ok() {
                 self.unwritten.lock().remove(&id);
             }
         });
@@ -588,7 +585,7 @@ impl TxnCoordinator {
             next.status = Status::PrepareAbort;
             next.updated_ms = now;
             next.timed_out = true;
-            if self.persist(&id, &mut next).await.is_err() {
+            if self.persist(&id, &next).await.is_err() {
                 continue;
             }
             tracing::info!(txn = %id, producer_id = next.producer_id, "transaction timed out: aborting");
@@ -607,6 +604,7 @@ impl TxnCoordinator {
                 Change::Drop(k) => {
                     let n = self.led.len();
                     self.txns.lock().retain(|id, _| partition_for(id, n) != k);
+                    self.unwritten.lock().retain(|id| partition_for(id, n) != k);
                 }
                 Change::Load(k, p, term) => {
                     let (c, b) = (self.clone(), broker.clone());
