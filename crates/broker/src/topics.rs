@@ -245,6 +245,7 @@ impl TopicManager {
                 node: raft.clone(),
                 group: METADATA_GROUP.into(),
                 voters,
+                preferred: None,
             },
             Box::new(raft::AdmitAll),
         )?;
@@ -1179,10 +1180,10 @@ fn open_partition(
             node: raft.clone(),
             group: group_key(topic, partition),
             voters,
+            preferred: replicas.first().map(|r| *r as u64),
         },
         Box::new(ProducerTable::new(broker.producer_id_expiration_ms)),
     )?;
-    replica.set_preferred_leader(replicas.first().map(|r| *r as u64));
     Ok(Arc::new(PartitionState {
         index: partition,
         replicas: replicas.to_vec(),

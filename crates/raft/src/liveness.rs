@@ -44,6 +44,11 @@ pub const REFUSED_DEAD_AFTER: Duration = Duration::from_millis(300);
 const RETRY_AFTER: Duration = Duration::from_millis(300);
 /// A group without a known leader for this long campaigns.
 pub const LEADERLESS_AFTER: Duration = Duration::from_millis(600);
+/// A new group (nothing in its log but the initial membership) campaigns this soon on its
+/// preferred replica: the other replicas leave a new group to it (see
+/// `partition::start_group`), so nothing competes, and clients that just created the topic
+/// wait for its leaders.
+const NEW_GROUP_CAMPAIGN_AFTER: Duration = Duration::from_millis(100);
 /// A leader that is not the preferred one hands leadership over once it has led this long
 /// and the preferred replica is up and has every entry.
 const BALANCE_AFTER: Duration = Duration::from_secs(5);
@@ -210,7 +215,7 @@ async fn run(
         handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         lease_dropped.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         for (key, raft, preferred) in groups {
-            let (leader, caught_up_followers, term) = {
+            let (leader, caught_up_followers, term, new_group) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
                 // Followers that have every entry of the leader's log.
@@ -259,7 +264,15 @@ async fn run(
                         }
                     }
                 }
-                (m.current_leader, caught_up_followers, m.current_term)
+                // openraft's initialisation writes the membership at index 0 and a new
+                // leader's first entry comes after it.
+                let new_group = m.last_log_index.is_none_or(|i| i == 0);
+                (
+                    m.current_leader,
+                    caught_up_followers,
+                    m.current_term,
+                    new_group,
+                )
             };
             let preferred_caught_up = preferred.is_some_and(|p| caught_up_followers.contains(&p));
             // Leader balancing: hand leadership back to the preferred replica.
@@ -331,9 +344,11 @@ async fn run(
                 due.remove(&key);
                 continue;
             }
+            let first_of_new = leader.is_none() && new_group && preferred == Some(node.id);
             let mut wait = match leader {
                 // The leader's node stopped answering: its death is already DEAD_AFTER old.
                 Some(_) => Duration::ZERO,
+                None if first_of_new => NEW_GROUP_CAMPAIGN_AFTER,
                 None => LEADERLESS_AFTER,
             };
             // A node that restarted moments ago lets a longer-running replica campaign first:
@@ -354,13 +369,26 @@ async fn run(
             }
             let at = *due
                 .entry(key.clone())
-                .or_insert_with(|| now + wait + jitter());
+                // No jitter where nothing competes.
+                .or_insert_with(|| {
+                    now + wait
+                        + if first_of_new {
+                            Duration::ZERO
+                        } else {
+                            jitter()
+                        }
+                });
             if at < now + PING_EVERY {
                 // Due before the next tick: campaign at the drawn instant, not on the tick
                 // grid. Nodes started together tick in step, and a jitter rounded up to the
                 // next tick made two replicas campaign within a millisecond of each other,
                 // splitting the vote round after round.
-                due.insert(key.clone(), at + RETRY_AFTER + jitter());
+                let retry = if first_of_new {
+                    PING_EVERY
+                } else {
+                    RETRY_AFTER + jitter()
+                };
+                due.insert(key.clone(), at + retry);
                 let delay = at.saturating_duration_since(now);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;

@@ -175,6 +175,11 @@ impl Registry {
         }
     }
 
+    /// The node that should lead `group` whenever it can.
+    pub(crate) fn preferred(&self, group: &[u8]) -> Option<NodeId> {
+        self.preferred.read().get(group).copied()
+    }
+
     /// Records the node that should lead `group` whenever it can.
     pub(crate) fn set_preferred(&self, group: Bytes, node: Option<NodeId>) {
         match node {

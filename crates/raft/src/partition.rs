@@ -201,6 +201,10 @@ pub struct PartitionOptions {
     pub group: String,
     /// The group's voters with their cluster addresses; used to initialise a new group.
     pub voters: BTreeMap<NodeId, String>,
+    /// The voter that should lead the group whenever it can (a partition's first replica):
+    /// it alone initialises a new group, see [`start_group`]. Changed later with
+    /// [`Partition::set_preferred_leader`].
+    pub preferred: Option<NodeId>,
 }
 
 impl PartitionOptions {
@@ -212,6 +216,7 @@ impl PartitionOptions {
             node,
             group: group.into(),
             voters,
+            preferred: None,
         }
     }
 }
@@ -309,6 +314,9 @@ impl Partition {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let group = Bytes::from(options.group.into_bytes());
+        // Before the group is registered: the liveness task reads it with the group.
+        node.registry
+            .set_preferred(group.clone(), options.preferred);
         let inner = Arc::new(Inner {
             shared: shared.clone(),
             node_id: node.id,
@@ -729,7 +737,8 @@ async fn drive(
     };
     inner.registry.insert(inner.group.clone(), raft.clone());
     let _ = inner.raft.set(raft.clone());
-    if let Err(e) = start_group(&raft, node.id, &voters).await {
+    let preferred = node.registry.preferred(&inner.group);
+    if let Err(e) = start_group(&raft, &node, &voters, preferred).await {
         tracing::error!(group = %String::from_utf8_lossy(&inner.group), error = %e, "initialising raft group");
     }
     inner.started.send_replace(Some(Ok(())));
@@ -771,22 +780,63 @@ async fn drive(
     }
 }
 
+/// How long the other voters of a new group leave its initialisation to the preferred
+/// voter while that one is up (see [`start_group`]).
+const INIT_DEFER: Duration = Duration::from_secs(3);
+
 /// A new group is initialised with its voters (every voter may do it: the same membership at
-/// the same position). A lone voter elects itself at once instead of waiting out a timeout.
+/// the same position). openraft's initialisation starts an election at once, so the voter
+/// that initialises first leads unless its vote requests reach no other voter. With a
+/// preferred voter, only that one initialises a new group; the others take the membership
+/// from its first append (a vote request it sends also makes them count as initialised),
+/// and initialise it themselves only if nothing has come after [`INIT_DEFER`] or once the
+/// liveness task sees the preferred voter down. Each node creates a new topic's groups as
+/// it applies the metadata record, up to hundreds of milliseconds apart, so a replica that
+/// got there first sometimes won (a test run saw one of 12 partitions led by another
+/// replica), and leader balancing then moved the partition to its preferred replica 5 s
+/// later, in the middle of clients' first writes.
+/// A lone voter elects itself at once instead of waiting out a timeout.
 async fn start_group(
     raft: &GroupRaft,
-    me: NodeId,
+    node: &RaftNode,
     voters: &BTreeMap<NodeId, String>,
+    preferred: Option<NodeId>,
 ) -> std::result::Result<(), String> {
+    let me = node.id;
     let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
     if !initialized {
         let members: BTreeMap<NodeId, BasicNode> = voters
             .iter()
             .map(|(id, addr)| (*id, BasicNode::new(addr)))
             .collect();
-        if let Err(e) = raft.initialize(members).await {
-            // Another voter may have initialised it first; that is fine.
-            tracing::debug!(error = %e, "initialize");
+        match preferred.filter(|p| *p != me && voters.contains_key(p)) {
+            Some(p) => {
+                let raft = raft.clone();
+                let registry = node.registry.clone();
+                tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + INIT_DEFER;
+                    loop {
+                        tokio::time::sleep(crate::liveness::PING_EVERY).await;
+                        match raft.is_initialized().await {
+                            Ok(false) => {}
+                            // Initialised by the preferred voter, or the group closed.
+                            Ok(true) | Err(_) => return,
+                        }
+                        if registry.is_down(p) || tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                    }
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::debug!(error = %e, "initialize");
+                    }
+                });
+            }
+            None => {
+                if let Err(e) = raft.initialize(members).await {
+                    // Another voter may have initialised it first; that is fine.
+                    tracing::debug!(error = %e, "initialize");
+                }
+            }
         }
     }
     // A new lone voter elects itself as part of initialize; a restarted one would wait out an

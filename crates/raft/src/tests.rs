@@ -94,6 +94,7 @@ impl Cluster {
                 node,
                 group: "t-0".into(),
                 voters: self.voters.clone(),
+                preferred: None,
             },
             (self.filter)(),
         )
@@ -394,16 +395,49 @@ async fn isolated_leader_acknowledges_nothing_and_rejoins() {
 /// A node on real loopback sockets: its cluster transport, the groups it hosts.
 struct TcpNode {
     transport: crate::Transport,
+    node: RaftNode,
     parts: Vec<Partition>,
     _liveness: crate::LivenessGuard,
 }
 
+/// Opens `groups` on `node` as the broker opens a new topic's partitions, `preferred`
+/// named from the start.
+fn open_groups(
+    node: &RaftNode,
+    dir: &std::path::Path,
+    addrs: &BTreeMap<NodeId, String>,
+    groups: &[&str],
+    preferred: Option<NodeId>,
+) -> Vec<Partition> {
+    groups
+        .iter()
+        .map(|g| {
+            Partition::open(
+                &dir.join(g),
+                PartitionOptions {
+                    log: LogConfig::default(),
+                    node: node.clone(),
+                    group: (*g).into(),
+                    voters: addrs.clone(),
+                    preferred,
+                },
+                Box::new(AdmitAll),
+            )
+            .expect("open")
+        })
+        .collect()
+}
+
+/// A cluster node hosting `groups`. With `preferred`, the groups are opened as the broker
+/// opens a new topic's (that voter named from the start); without, node 1 is named their
+/// preferred leader after they were opened.
 async fn tcp_node(
     id: NodeId,
     dir: &std::path::Path,
     meta: &MetaStore,
     addrs: &BTreeMap<NodeId, String>,
     groups: &[&str],
+    preferred: Option<NodeId>,
 ) -> TcpNode {
     let transport = crate::Transport::new(crate::TransportConfig::new(id));
     let registry = Registry::default();
@@ -428,28 +462,16 @@ async fn tcp_node(
     .expect("node");
     let peers = addrs.keys().copied().filter(|p| *p != id).collect();
     let liveness = crate::spawn_liveness(node.clone(), peers, false);
-    let parts = groups
-        .iter()
-        .map(|g| {
-            Partition::open(
-                &dir.join(g),
-                PartitionOptions {
-                    log: LogConfig::default(),
-                    node: node.clone(),
-                    group: (*g).into(),
-                    voters: addrs.clone(),
-                },
-                Box::new(AdmitAll),
-            )
-            .expect("open")
-        })
-        .collect::<Vec<_>>();
-    // Node 1 should lead every group whenever it can (leader balancing).
-    for p in &parts {
-        p.set_preferred_leader(Some(1));
+    let parts = open_groups(&node, dir, addrs, groups, preferred);
+    if preferred.is_none() {
+        // Node 1 should lead every group whenever it can (leader balancing).
+        for p in &parts {
+            p.set_preferred_leader(Some(1));
+        }
     }
     TcpNode {
         transport,
+        node,
         parts,
         _liveness: liveness,
     }
@@ -472,6 +494,55 @@ async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
             "no leader for group {g}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A new group is led by its preferred voter even when that node creates it last: each node
+/// creates a new topic's groups as it applies the metadata record, and a voter that
+/// initialised the group first (openraft's initialisation starts an election at once) used
+/// to win it, for leader balancing to move it 5 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
+    let groups = ["n-0", "n-1", "n-2"];
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        addrs.insert(id, l.local_addr().expect("addr").to_string());
+    }
+    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().expect("tempdir")))
+        .collect();
+    let metas: BTreeMap<NodeId, MetaStore> = dirs
+        .iter()
+        .map(|(id, d)| (*id, MetaStore::open(&d.path().join("meta")).expect("meta")))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let n = tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &[], Some(3)).await;
+        nodes.insert(id, n);
+    }
+    // A running cluster: every node has heard from the others (the first started pinged the
+    // others before they listened, and a node it saw down would not wait for it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .any(|(id, n)| (1..=3).any(|p| p != *id && n.node.registry.is_unreachable(p)))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "peers not all up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nodes 1 and 2 create the groups; node 3, the preferred voter, 0.4 s later.
+    for id in [1, 2] {
+        let n = nodes.get_mut(&id).expect("node");
+        n.parts = open_groups(&n.node, dirs[&id].path(), &addrs, &groups, Some(3));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let n3 = nodes.get_mut(&3).expect("node 3");
+    n3.parts = open_groups(&n3.node, dirs[&3].path(), &addrs, &groups, Some(3));
+    for (g, name) in groups.iter().enumerate() {
+        assert_eq!(tcp_leader(&nodes, g).await, 3, "leader of {name}");
+        // It won the first election: nobody else campaigned.
+        assert_eq!(nodes[&3].parts[g].role().term, 1, "term of {name}");
     }
 }
 
@@ -498,7 +569,7 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     for id in 1..=3 {
         nodes.insert(
             id,
-            tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &groups).await,
+            tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &groups, None).await,
         );
     }
 
@@ -543,7 +614,7 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     // The stopped node returns on its data and catches up on every group.
     nodes.insert(
         old,
-        tcp_node(old, dirs[&old].path(), &metas[&old], &addrs, &groups).await,
+        tcp_node(old, dirs[&old].path(), &metas[&old], &addrs, &groups, None).await,
     );
     for n in nodes.values() {
         for (g, p) in n.parts.iter().enumerate() {
