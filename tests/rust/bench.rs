@@ -113,6 +113,11 @@ struct Args {
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Produce mode: librdkafka's statistics every this many ms (0: off). Each interval's
+    /// per-broker windows (time in the client's partition queue, in its send buffer, and the
+    /// request round trip) go to stderr, and the output gains the largest p99 of each.
+    #[arg(long, default_value_t = 0)]
+    stats_ms: u64,
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5)]
     report_secs: u64,
@@ -257,9 +262,43 @@ struct BenchContext {
     acked: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Largest p99 seen in any statistics interval, in microseconds: time in the partition
+    /// queue (int_latency), in the broker's send buffer (outbuf_latency), round trip (rtt).
+    stats_p99_us: Mutex<[i64; 3]>,
 }
 
-impl ClientContext for BenchContext {}
+impl ClientContext for BenchContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let mut worst = self.stats_p99_us.lock().expect("stats lock");
+        let mut brokers: Vec<_> = stats.brokers.values().filter(|b| b.nodeid >= 0).collect();
+        brokers.sort_by_key(|b| b.nodeid);
+        let mut line = format!("stats t={:.1}s", self.start.elapsed().as_secs_f64());
+        for b in brokers {
+            let w = [&b.int_latency, &b.outbuf_latency, &b.rtt];
+            if w.iter().all(|w| w.as_ref().is_none_or(|w| w.cnt == 0)) {
+                continue;
+            }
+            let ms = |w: &Option<rdkafka::statistics::Window>,
+                      f: fn(&rdkafka::statistics::Window) -> i64| {
+                w.as_ref().map_or(0.0, |w| f(w) as f64 / 1000.0)
+            };
+            line += &format!(
+                " | n{} queue p50/p99/max {:.1}/{:.1}/{:.1} outbuf {:.1}/{:.1}/{:.1} rtt {:.1}/{:.1}/{:.1} ms, waitresp {} ({} msgs)",
+                b.nodeid,
+                ms(w[0], |w| w.p50), ms(w[0], |w| w.p99), ms(w[0], |w| w.max),
+                ms(w[1], |w| w.p50), ms(w[1], |w| w.p99), ms(w[1], |w| w.max),
+                ms(w[2], |w| w.p50), ms(w[2], |w| w.p99), ms(w[2], |w| w.max),
+                b.waitresp_cnt, b.waitresp_msg_cnt,
+            );
+            for (i, w) in w.iter().enumerate() {
+                if let Some(w) = w {
+                    worst[i] = worst[i].max(w.p99);
+                }
+            }
+        }
+        eprintln!("{line}");
+    }
+}
 
 impl ProducerContext for BenchContext {
     /// Nanoseconds since `start` at the `send` call.
@@ -392,7 +431,11 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
+        stats_p99_us: Mutex::new([0; 3]),
     };
+    if args.stats_ms > 0 {
+        cfg.set("statistics.interval.ms", args.stats_ms.to_string());
+    }
     let producer: BaseProducer<BenchContext> = cfg.create_with_context(ctx).context("producer")?;
     // Connect and learn leaders before the clock starts.
     partitions_of(producer.client(), &args.topic)?;
@@ -507,6 +550,12 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         "topic": args.topic,
     });
     add_broker_stats(&mut out, broker_before, broker_after, acked);
+    if args.stats_ms > 0 {
+        let w = *ctx.stats_p99_us.lock().expect("stats lock");
+        out["client_queue_p99_ms_max"] = json!(w[0] as f64 / 1000.0);
+        out["client_outbuf_p99_ms_max"] = json!(w[1] as f64 / 1000.0);
+        out["client_rtt_p99_ms_max"] = json!(w[2] as f64 / 1000.0);
+    }
     if let Some(e) = ctx.first_error.lock().expect("error lock").as_ref() {
         eprintln!("{failed} records failed; first error: {e}");
     }
