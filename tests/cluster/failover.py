@@ -8,6 +8,7 @@ partition. Prints the time from each kill to the first acknowledged write on par
 after it.
 """
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +16,8 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster
+from cluster_helpers import BOOTSTRAP, SCRIPT, claimed_leader, local_cluster
+
 TOPIC = "failover-%d" % int(time.time())
 KILLS = int(os.environ.get("FAILOVER_KILLS", "3"))
 RATE = 2000  # records per second
@@ -84,8 +86,12 @@ def main():
                 time.sleep(0.1)
             else:
                 raise SystemExit("FAIL: partition 0 has no settled leader (last seen: %s)" % victim)
-            killed_at = time.time()
-            local_cluster("kill", victim)
+            # The instant of the SIGKILL as the script prints it: starting the script can
+            # take longer than the 50 ms grace below on a loaded machine, and acks the
+            # victim sent before it died then counted as the first on the new leader.
+            out = subprocess.run([SCRIPT, "kill", str(victim)], check=True,
+                                 capture_output=True, text=True).stdout
+            killed_at = float(out.rsplit(" killed at ", 1)[1])
             # A new leader claiming partition 0, and the first ack on it after the kill.
             first, elected = None, None
             deadline = killed_at + 30
@@ -115,12 +121,14 @@ def main():
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(3)])
     got = {}
+    offsets = {}  # partition -> value -> offsets it was read at
     idle_until = time.time() + 20
     while time.time() < idle_until:
         m = consumer.poll(0.5)
         if m is None or m.error():
             continue
         got.setdefault(m.partition(), []).append(int(m.value()))
+        offsets.setdefault(m.partition(), {}).setdefault(int(m.value()), []).append(m.offset())
         idle_until = time.time() + 5
     consumer.close()
     ok = True
@@ -132,6 +140,10 @@ def main():
         ordered = values == sorted(values)
         print("partition %d: acknowledged %d, read %d, duplicates %d, missing %d, in order %s" % (
             p, len(want), len(values), dups, len(missing), ordered))
+        if dups:
+            # Read at two offsets: written twice. At one offset: the consumer got it twice.
+            seen = sorted((v, o) for v, o in offsets.get(p, {}).items() if len(o) > 1)
+            print("  duplicated values (value: offsets read at), first 5: %s" % seen[:5])
         if dups or missing or not ordered:
             ok = False
     if errors:
