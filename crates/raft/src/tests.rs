@@ -497,6 +497,30 @@ async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
     }
 }
 
+/// Cluster addresses, data directories and metadata stores of three TCP nodes.
+type Places = (
+    BTreeMap<NodeId, String>,
+    BTreeMap<NodeId, TempDir>,
+    BTreeMap<NodeId, MetaStore>,
+);
+
+fn three_tcp_places() -> Places {
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        // Reserve a free port; the listener binds it again right after.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        addrs.insert(id, l.local_addr().expect("addr").to_string());
+    }
+    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().expect("tempdir")))
+        .collect();
+    let metas = dirs
+        .iter()
+        .map(|(id, d)| (*id, MetaStore::open(&d.path().join("meta")).expect("meta")))
+        .collect();
+    (addrs, dirs, metas)
+}
+
 /// A new group is led by its preferred voter even when that node creates it last: each node
 /// creates a new topic's groups as it applies the metadata record, and a voter that
 /// initialised the group first (openraft's initialisation starts an election at once) used
@@ -504,18 +528,7 @@ async fn tcp_leader(nodes: &BTreeMap<NodeId, TcpNode>, g: usize) -> NodeId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
     let groups = ["n-0", "n-1", "n-2"];
-    let mut addrs = BTreeMap::new();
-    for id in 1..=3u64 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        addrs.insert(id, l.local_addr().expect("addr").to_string());
-    }
-    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
-        .map(|id| (id, tempfile::tempdir().expect("tempdir")))
-        .collect();
-    let metas: BTreeMap<NodeId, MetaStore> = dirs
-        .iter()
-        .map(|(id, d)| (*id, MetaStore::open(&d.path().join("meta")).expect("meta")))
-        .collect();
+    let (addrs, dirs, metas) = three_tcp_places();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
         let n = tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &[], Some(3)).await;
@@ -552,19 +565,7 @@ async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     let groups = ["a-0", "a-1", "b-0", "b-1"];
-    let mut addrs = BTreeMap::new();
-    for id in 1..=3u64 {
-        // Reserve a free port; the listener binds it again right after.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        addrs.insert(id, l.local_addr().expect("addr").to_string());
-    }
-    let dirs: BTreeMap<NodeId, TempDir> = (1..=3)
-        .map(|id| (id, tempfile::tempdir().expect("tempdir")))
-        .collect();
-    let metas: BTreeMap<NodeId, MetaStore> = dirs
-        .iter()
-        .map(|(id, d)| (*id, MetaStore::open(&d.path().join("meta")).expect("meta")))
-        .collect();
+    let (addrs, dirs, metas) = three_tcp_places();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
         nodes.insert(
