@@ -7,6 +7,7 @@ every acknowledged record must be read back exactly once, in production order wi
 partition. Prints the time from each kill to the first acknowledged write on partition 0
 after it.
 """
+import logging
 import os
 import subprocess
 import sys
@@ -30,13 +31,23 @@ def leader_of(partition):
 def main():
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     admin.create_topics([NewTopic(TOPIC, num_partitions=3, replication_factor=3)])[TOPIC].result(30)
+    # librdkafka's idempotence events (epoch bumps, sequence errors) go to a file beside the
+    # nodes' logs, and the notable ones are printed if a record is duplicated or lost.
+    eos_log = os.path.join(os.environ.get("SLUICE_LOCAL_DIR", "."), "failover-producer.log")
+    logger = logging.getLogger("failover-producer")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    handler = logging.FileHandler(eos_log, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
     producer = Producer({
         "bootstrap.servers": BOOTSTRAP,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": 120000,
-    })
+        "debug": "eos",
+    }, logger=logger)
     acked = {}  # partition -> [seq in ack order]
     ack_times = {}  # partition -> [time of ack]
     errors = []
@@ -146,6 +157,13 @@ def main():
             print("  duplicated values (value: offsets read at), first 5: %s" % seen[:5])
         if dups or missing or not ordered:
             ok = False
+    if not ok:
+        with open(eos_log) as f:
+            notable = [l.rstrip() for l in f if any(
+                w in l for w in ("bump", "ERRSEQ", "UNKPID", "DUPSEQ", "fatal", "Fatal"))]
+        print("producer idempotence events (%s), first 20:" % eos_log)
+        for l in notable[:20]:
+            print("  " + l)
     if errors:
         print("delivery errors (first 5):", errors[:5])
         ok = False

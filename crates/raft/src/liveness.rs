@@ -50,7 +50,8 @@ pub const LEADERLESS_AFTER: Duration = Duration::from_millis(600);
 /// wait for its leaders.
 const NEW_GROUP_CAMPAIGN_AFTER: Duration = Duration::from_millis(100);
 /// A leader that is not the preferred one hands leadership over once it has led this long
-/// and the preferred replica is up and has every entry.
+/// and the preferred replica has every entry and has been up for [`RECENT_START`] (or since
+/// this node started).
 const BALANCE_AFTER: Duration = Duration::from_secs(5);
 /// At most one hand-over attempt per group in this period.
 const BALANCE_EVERY: Duration = Duration::from_secs(10);
@@ -65,7 +66,8 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 /// pings leaves at once.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
-/// For this long after it restarts, a node campaigns later than others: up to
+/// For this long after it restarts, a node campaigns later than others (and the others give
+/// it no head start as the preferred replica, nor hand leadership back to it): up to
 /// [`RECENT_START_DELAY`] right after the start, less as it has run longer (so of two
 /// replicas restarted recently, the one up for longer campaigns first).
 const RECENT_START: Duration = Duration::from_secs(10);
@@ -145,6 +147,11 @@ async fn run(
     let seen: Arc<Mutex<HashMap<NodeId, (Instant, bool)>>> = Arc::new(Mutex::new(
         peers.iter().map(|p| (*p, (start, false))).collect(),
     ));
+    // Per peer: when it answered again after being down (it restarted, or its network came
+    // back), for RECENT_START after that. Only peers that had answered before they went
+    // down: one that was not up yet when this node started is not coming back.
+    let mut back: HashMap<NodeId, Instant> = HashMap::new();
+    let mut answered: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
     // Per group: when it became unhealthy, and when it may campaign next.
     let mut due: HashMap<Bytes, Instant> = HashMap::new();
     // Per group led here: since when, and the last hand-over attempt.
@@ -205,9 +212,21 @@ async fn run(
             })
         };
         for p in &peers {
-            node.registry.set_down(*p, !alive(*p));
+            let up = alive(*p);
+            if up && node.registry.is_down(*p) && answered.contains(p) {
+                back.insert(*p, now);
+            }
+            // Entries start at `start`; an answer moves them later.
+            if seen.lock().get(p).is_some_and(|(t, _)| *t > start) {
+                answered.insert(*p);
+            }
+            node.registry.set_down(*p, !up);
             node.registry.set_gone(*p, refused_dead(*p));
         }
+        back.retain(|_, t| now.saturating_duration_since(*t) < RECENT_START);
+        // Up for a while: clients that saw it go down have had time to reconnect to it
+        // (librdkafka backs its reconnects off towards 10 s), so leading there stalls nobody.
+        let settled = |p: NodeId| alive(p) && !back.contains_key(&p);
         let groups = node.registry.all();
         due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         caught_up.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
@@ -309,7 +328,7 @@ async fn run(
                         .is_some_and(|(t, _)| now.saturating_duration_since(*t) < BALANCE_EVERY);
                     if p != node.id
                         && preferred_caught_up
-                        && alive(p)
+                        && settled(p)
                         && !recently
                         && now.saturating_duration_since(since) >= BALANCE_AFTER
                     {
@@ -363,8 +382,11 @@ async fn run(
             // The preferred replica, when it is up, campaigns first: a new topic's partitions
             // (and a group whose leader died while the preferred one was up) get their
             // preferred leader at once, not a leader that balancing moves 5 s later, with a
-            // leader change for every client in the middle of its first writes.
-            if preferred.is_some_and(|p| p != node.id && Some(p) != leader && alive(p)) {
+            // leader change for every client in the middle of its first writes. Not one that
+            // came back moments ago: clients may still be backing off their reconnects to it,
+            // and its own restart delay is shorter than this head start once it has run a few
+            // seconds, so it would win the election and stall them.
+            if preferred.is_some_and(|p| p != node.id && Some(p) != leader && settled(p)) {
                 wait += PREFERRED_HEAD_START;
             }
             let at = *due

@@ -996,7 +996,21 @@ async fn propose_one(
                 }
             }
             Admit::Duplicate { base_offset } => waits.push(Wait::Dup(base_offset, header)),
-            Admit::Reject(code) => waits.push(Wait::Done(ProposeOutcome::Rejected(code))),
+            Admit::Reject(code) => {
+                // Rare in a healthy cluster, and what a client that bumps its epoch or fails
+                // answers: worth a line with the batch's identity.
+                tracing::info!(
+                    group = %inner.shared.key,
+                    term,
+                    producer_id = header.producer_id,
+                    producer_epoch = header.producer_epoch,
+                    base_sequence = header.base_sequence,
+                    records = header.last_offset_delta + 1,
+                    code,
+                    "batch refused by the producer state"
+                );
+                waits.push(Wait::Done(ProposeOutcome::Rejected(code)));
+            }
         }
     }
     let inner = inner.clone();

@@ -430,15 +430,16 @@ fn open_groups(
 
 /// A cluster node hosting `groups`. With `preferred`, the groups are opened as the broker
 /// opens a new topic's (that voter named from the start); without, node 1 is named their
-/// preferred leader after they were opened.
+/// preferred leader after they were opened. `restarted`: it comes back on earlier data.
 async fn tcp_node(
+    places: &Places,
     id: NodeId,
-    dir: &std::path::Path,
-    meta: &MetaStore,
-    addrs: &BTreeMap<NodeId, String>,
     groups: &[&str],
     preferred: Option<NodeId>,
+    restarted: bool,
 ) -> TcpNode {
+    let (addrs, dirs, metas) = places;
+    let (dir, meta) = (dirs[&id].path(), &metas[&id]);
     let transport = crate::Transport::new(crate::TransportConfig::new(id));
     let registry = Registry::default();
     transport
@@ -461,7 +462,7 @@ async fn tcp_node(
     )
     .expect("node");
     let peers = addrs.keys().copied().filter(|p| *p != id).collect();
-    let liveness = crate::spawn_liveness(node.clone(), peers, false);
+    let liveness = crate::spawn_liveness(node.clone(), peers, restarted);
     let parts = open_groups(&node, dir, addrs, groups, preferred);
     if preferred.is_none() {
         // Node 1 should lead every group whenever it can (leader balancing).
@@ -474,6 +475,14 @@ async fn tcp_node(
         node,
         parts,
         _liveness: liveness,
+    }
+}
+
+/// Stops a node as a killed process would look to its peers: its listener and groups gone.
+async fn stop_node(n: TcpNode) {
+    n.transport.shutdown().await;
+    for p in &n.parts {
+        p.close().await;
     }
 }
 
@@ -528,10 +537,11 @@ fn three_tcp_places() -> Places {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
     let groups = ["n-0", "n-1", "n-2"];
-    let (addrs, dirs, metas) = three_tcp_places();
+    let places = three_tcp_places();
+    let (addrs, dirs, _) = &places;
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        let n = tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &[], Some(3)).await;
+        let n = tcp_node(&places, id, &[], Some(3), false).await;
         nodes.insert(id, n);
     }
     // A running cluster: every node has heard from the others (the first started pinged the
@@ -547,11 +557,11 @@ async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
     // Nodes 1 and 2 create the groups; node 3, the preferred voter, 0.4 s later.
     for id in [1, 2] {
         let n = nodes.get_mut(&id).expect("node");
-        n.parts = open_groups(&n.node, dirs[&id].path(), &addrs, &groups, Some(3));
+        n.parts = open_groups(&n.node, dirs[&id].path(), addrs, &groups, Some(3));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let n3 = nodes.get_mut(&3).expect("node 3");
-    n3.parts = open_groups(&n3.node, dirs[&3].path(), &addrs, &groups, Some(3));
+    n3.parts = open_groups(&n3.node, dirs[&3].path(), addrs, &groups, Some(3));
     for (g, name) in groups.iter().enumerate() {
         assert_eq!(tcp_leader(&nodes, g).await, 3, "leader of {name}");
         // It won the first election: nobody else campaigned.
@@ -565,13 +575,10 @@ async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     let groups = ["a-0", "a-1", "b-0", "b-1"];
-    let (addrs, dirs, metas) = three_tcp_places();
+    let places = three_tcp_places();
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        nodes.insert(
-            id,
-            tcp_node(id, dirs[&id].path(), &metas[&id], &addrs, &groups, None).await,
-        );
+        nodes.insert(id, tcp_node(&places, id, &groups, None, false).await);
     }
 
     let mut acked: Vec<Vec<(i64, i32)>> = vec![Vec::new(); groups.len()];
@@ -596,11 +603,7 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
 
     // Stop the leader of group 0 (transport and groups), write on the new leader.
     let old = tcp_leader(&nodes, 0).await;
-    let stopped = nodes.remove(&old).expect("leader node");
-    stopped.transport.shutdown().await;
-    for p in &stopped.parts {
-        p.close().await;
-    }
+    stop_node(nodes.remove(&old).expect("leader node")).await;
     for (g, _) in groups.iter().enumerate() {
         let l = tcp_leader(&nodes, g).await;
         assert_ne!(l, old);
@@ -613,10 +616,7 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     }
 
     // The stopped node returns on its data and catches up on every group.
-    nodes.insert(
-        old,
-        tcp_node(old, dirs[&old].path(), &metas[&old], &addrs, &groups, None).await,
-    );
+    nodes.insert(old, tcp_node(&places, old, &groups, None, true).await);
     for n in nodes.values() {
         for (g, p) in n.parts.iter().enumerate() {
             wait_hw(p, 7).await;
@@ -639,11 +639,65 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
             .expect("commit on the preferred leader");
         assert_eq!(offsets(&out), vec![7]);
     }
-    for n in nodes.values() {
-        for p in &n.parts {
-            p.close().await;
-        }
-        n.transport.shutdown().await;
+    for n in nodes.into_values() {
+        stop_node(n).await;
+    }
+}
+
+/// A preferred replica that came back moments ago does not win the next election: clients
+/// that saw it die may still be backing off their reconnects to it (a restarted node's own
+/// campaign delay falls below the head start the others used to give a live preferred
+/// replica 2.5 s after its start, so it won).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_replica_back_moments_ago_leaves_the_next_election_to_another() {
+    let groups = ["r-0"];
+    let places = three_tcp_places();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        let n = tcp_node(&places, id, &groups, Some(1), false);
+        nodes.insert(id, n.await);
+    }
+    assert_eq!(
+        tcp_leader(&nodes, 0).await,
+        1,
+        "a new group's preferred leader"
+    );
+    nodes[&1].parts[0]
+        .propose(vec![batch(1, 1)])
+        .await
+        .expect("commit");
+
+    // The preferred replica's node stops; another leads.
+    stop_node(nodes.remove(&1).expect("node 1")).await;
+    let second = tcp_leader(&nodes, 0).await;
+    nodes[&second].parts[0]
+        .propose(vec![batch(1, 2)])
+        .await
+        .expect("commit with node 1 down");
+
+    // Node 1 comes back on its data and catches up.
+    let started = tokio::time::Instant::now();
+    let n = tcp_node(&places, 1, &groups, Some(1), true);
+    nodes.insert(1, n.await);
+    wait_hw(&nodes[&1].parts[0], 2).await;
+    // 2 s after its start: its own delay (0.64 s) is longer than the jitter, and shorter
+    // than the preferred replica's head start plus the jitter.
+    tokio::time::sleep_until(started + Duration::from_secs(2)).await;
+    assert_eq!(tcp_leader(&nodes, 0).await, second, "no hand-over yet");
+
+    // The leader stops: the replica that ran throughout wins, not node 1.
+    stop_node(nodes.remove(&second).expect("second leader")).await;
+    let third = tcp_leader(&nodes, 0).await;
+    assert_ne!(
+        third, 1,
+        "the preferred replica back 2 s ago won the election"
+    );
+    nodes[&third].parts[0]
+        .propose(vec![batch(1, 3)])
+        .await
+        .expect("commit on the third leader");
+    for n in nodes.into_values() {
+        stop_node(n).await;
     }
 }
 
