@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_helpers import BOOTSTRAP, SCRIPT, claimed_leader, local_cluster
+import replica_logs
 
 TOPIC = "failover-%d" % int(time.time())
 KILLS = int(os.environ.get("FAILOVER_KILLS", "3"))
@@ -46,7 +47,9 @@ def main():
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": 120000,
-        "debug": "eos",
+        # FAILOVER_CLIENT_DEBUG adds contexts (e.g. "eos,metadata,broker,topic") to trace
+        # where a slow failover's time goes on the client's side.
+        "debug": os.environ.get("FAILOVER_CLIENT_DEBUG", "eos"),
     }, logger=logger)
     acked = {}  # partition -> [seq in ack order]
     ack_times = {}  # partition -> [time of ack]
@@ -156,6 +159,16 @@ def main():
             seen = sorted((v, o) for v, o in offsets.get(p, {}).items() if len(o) > 1)
             print("  duplicated values (value: offsets read at), first 5: %s" % seen[:5])
         if dups or missing or not ordered:
+            ok = False
+    # The replicas' own logs: contiguous offsets, no batch of a producer written twice, and
+    # the same entries at the same Raft indexes on every node.
+    local_dir = os.environ.get("SLUICE_LOCAL_DIR")
+    if local_dir:
+        problems = replica_logs.check(local_dir, TOPIC, 3)
+        for line in problems[:10]:
+            print("  " + line)
+        print("replica logs: %s" % ("OK" if not problems else "%d problem(s)" % len(problems)))
+        if problems:
             ok = False
     if not ok:
         with open(eos_log) as f:

@@ -10,6 +10,7 @@ reads back once. The other nodes answer with the ISR the leader recorded in the 
 the third node drops the victim too, and never lists the restarted follower in sync before
 the leader does.
 """
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster_helpers import BOOTSTRAP, claimed_leader, local_cluster, partition_view
+import replica_logs
 STAMP = int(time.time())
 STRICT = "isr-strict-%d" % STAMP  # min.insync.replicas=3
 LENIENT = "isr-lenient-%d" % STAMP  # min.insync.replicas=2
@@ -197,6 +199,16 @@ def main():
         print("%s: acknowledged %d, read %d, missing %d, duplicates %d" % (
             topic, len(acked[topic]), len(got), len(missing), dups))
         if missing or dups:
+            ok = False
+    # The caught-up follower's log is the leader's, entry for entry.
+    local_dir = os.environ.get("SLUICE_LOCAL_DIR")
+    if local_dir:
+        problems = [line for topic in (STRICT, LENIENT)
+                    for line in replica_logs.check(local_dir, topic, 1)]
+        for line in problems[:10]:
+            print("  " + line)
+        print("replica logs: %s" % ("OK" if not problems else "%d problem(s)" % len(problems)))
+        if problems:
             ok = False
     print("isr test:", "OK" if ok else "FAIL")
     sys.exit(0 if ok else 1)

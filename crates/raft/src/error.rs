@@ -15,6 +15,11 @@ pub enum Error {
     /// The requested offset is outside `[log_start_offset, log_end_offset]`.
     #[error("offset {offset} out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// A write reached the log, or may have, and whether it commits is not known yet (the
+    /// group stopped before it said, or the wait for its commit ran out). Not a refusal: a
+    /// retry must be recognisable as the same write.
+    #[error("the outcome of the write is not known yet")]
+    OutcomeUnknown,
     /// This replica does not lead its group; `leader` is who does, when known.
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<u64> },

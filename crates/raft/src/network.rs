@@ -56,6 +56,10 @@ pub trait Router: Send + Sync + 'static {
     ) -> BoxFut<Result<Bytes, CallError>>;
 }
 
+/// How long a vote request waits for the leader to answer a probe (a process that is not
+/// running refuses at once; a running one answers within this on a sane network).
+const PROBE: Duration = Duration::from_millis(100);
+
 pub(crate) const APPEND: u8 = 1;
 pub(crate) const VOTE: u8 = 2;
 pub(crate) const SNAPSHOT: u8 = 3;
@@ -100,6 +104,8 @@ pub struct Registry {
     unreachable: Arc<RwLock<std::collections::HashSet<NodeId>>>,
     /// Down peers whose cluster port refuses connections: their process is not running.
     gone: Arc<RwLock<std::collections::HashSet<NodeId>>>,
+    /// The node's way to its peers, to probe a leader a vote request says is gone.
+    router: Arc<std::sync::OnceLock<Arc<dyn Router>>>,
 }
 
 impl Registry {
@@ -175,6 +181,11 @@ impl Registry {
         }
     }
 
+    /// The router of the node this registry serves (set once, by `RaftNode::new`).
+    pub(crate) fn set_router(&self, router: Arc<dyn Router>) {
+        let _ = self.router.set(router);
+    }
+
     /// The node that should lead `group` whenever it can.
     pub(crate) fn preferred(&self, group: &[u8]) -> Option<NodeId> {
         self.preferred.read().get(group).copied()
@@ -207,6 +218,7 @@ impl Registry {
         }
         let raft = self.groups.read().get(&group).cloned();
         let gone = self.gone.clone();
+        let router = self.router.get().cloned();
         Box::pin(async move {
             let Some(raft) = raft else {
                 return Err(format!(
@@ -225,11 +237,21 @@ impl Registry {
                     // A leader whose port refuses connections is not running: its lease here
                     // protects nothing (liveness::REFUSED_DEAD_AFTER). Silence alone is no
                     // reason: this node may still hear the leader over its other connection.
-                    let dead = {
+                    // The liveness task's pings tell within 0.3-0.45 s; a candidate whose
+                    // pings told it first would be refused here until then, and retry only
+                    // after 0.3-0.6 s, so the leader is probed now.
+                    let leader = {
                         let m = raft.metrics();
                         let m = m.borrow_watched();
-                        m.current_leader
-                            .filter(|l| *l != m.id && gone.read().contains(l))
+                        m.current_leader.filter(|l| *l != m.id)
+                    };
+                    let dead = match (leader, router) {
+                        (Some(l), _) if gone.read().contains(&l) => Some(l),
+                        (Some(l), Some(router)) => {
+                            let probe = router.call(l, Bytes::new(), PING, Bytes::new(), PROBE);
+                            matches!(probe.await, Err(CallError::Refused)).then_some(l)
+                        }
+                        _ => None,
                     };
                     if let Some(l) = dead {
                         crate::liveness::drop_lease(&raft, l).await;

@@ -130,6 +130,7 @@ impl RaftNode {
         let config = config
             .validate()
             .map_err(|e| Error::Failed(format!("raft config: {e}")))?;
+        registry.set_router(router.clone());
         Ok(RaftNode {
             id,
             meta,
@@ -263,7 +264,8 @@ struct Inner {
     raft: OnceLock<GroupRaft>,
     role: watch::Sender<Role>,
     tx: mpsc::UnboundedSender<Msg>,
-    closed: AtomicBool,
+    /// True once the replica is closing or closed (waiters on a commit stop at it).
+    closed: watch::Sender<bool>,
     /// Set once openraft is running (or failed to start: then with the reason).
     started: watch::Sender<Option<std::result::Result<(), String>>>,
     /// Writes handed to openraft whose outcome is not known yet.
@@ -325,7 +327,7 @@ impl Partition {
             raft: OnceLock::new(),
             role: watch::channel(Role::default()).0,
             tx,
-            closed: AtomicBool::new(false),
+            closed: watch::channel(false).0,
             started: watch::channel(None).0,
             inflight: watch::channel(0).0,
             refused: AtomicBool::new(false),
@@ -375,7 +377,7 @@ impl Partition {
         local: bool,
     ) -> impl Future<Output = Result<Vec<ProposeOutcome>>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let sent = !self.inner.closed.load(Ordering::Acquire)
+        let sent = !*self.inner.closed.borrow()
             && self
                 .inner
                 .tx
@@ -691,7 +693,7 @@ impl Partition {
         if self.inner.tx.send(Msg::Close(tx)).is_ok() {
             let _ = rx.await;
         } else {
-            self.inner.closed.store(true, Ordering::Release);
+            self.inner.closed.send_replace(true);
         }
         // The driver may not have started the group: close the log here too (idempotent).
         let shared = self.inner.shared.clone();
@@ -763,7 +765,7 @@ async fn drive(
             propose_one(&inner, &raft, &mut lead, filter.as_mut(), p).await;
         }
         if let Some(done) = close {
-            inner.closed.store(true, Ordering::Release);
+            inner.closed.send_replace(true);
             inner.registry.remove(&inner.group);
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!(error = %e, "raft group shutdown");
@@ -851,7 +853,7 @@ async fn start_group(
 }
 
 async fn fail_all(inner: &Inner, rx: &mut mpsc::UnboundedReceiver<Msg>, err: Error) {
-    inner.closed.store(true, Ordering::Release);
+    inner.closed.send_replace(true);
     while let Some(msg) = rx.recv().await {
         match msg {
             Msg::Propose(p) => {
@@ -1150,9 +1152,12 @@ async fn finish(inner: &Arc<Inner>, waits: Vec<Wait>) -> Result<Vec<ProposeOutco
 async fn commit_outcome(inner: &Inner, rx: CommitRx) -> Result<ProposeOutcome> {
     match rx.await {
         Err(_) => {
-            // Dropped without an answer: whether it reached the log is unknown.
+            // Dropped without an answer (the group stopped): whether it reached the log, and
+            // whether another leader commits it, is unknown. Not NotLeader: clients take that
+            // as "not written" and may resend the records as new ones (a producer that bumps
+            // its epoch does), which would write them twice.
             inner.refused.store(true, Ordering::Release);
-            Err(Error::NotLeader { leader: None })
+            Err(Error::OutcomeUnknown)
         }
         Ok(Err(e)) => {
             if matches!(
@@ -1171,17 +1176,29 @@ async fn commit_outcome(inner: &Inner, rx: CommitRx) -> Result<ProposeOutcome> {
     }
 }
 
+/// How long a duplicate waits for its original to commit before it is answered
+/// [`Error::OutcomeUnknown`] (Kafka's default `request.timeout.ms`, by when the client has
+/// given up on the request anyway).
+const DUPLICATE_WAIT: Duration = Duration::from_secs(30);
+
 /// A duplicate is answered once the original is committed, and only if the committed batch at
 /// its offset really is the original (a write that was refused after the filter saw it leaves
 /// its offset to another batch): otherwise a retriable error, by which time the filter has
-/// been rebuilt from the log.
+/// been rebuilt from the log. The original is in this log, so it may well commit later: a
+/// wait that runs out (or a partition closing meanwhile) is not a refusal. Answering
+/// NotLeader there told the client the records were not written; a client that then bumped
+/// its epoch resent them as new records after the original committed.
 async fn confirm_duplicate(inner: &Inner, base_offset: i64, dup: &BatchHeader) -> Result<()> {
     let mut hw = inner.shared.hw.subscribe();
-    let reached = tokio::time::timeout(WAIT_FOR_LEADER, hw.wait_for(|h| *h > base_offset)).await;
-    match reached {
-        Ok(Ok(_)) => {}
-        Ok(Err(_)) => return Err(Error::Closed),
-        Err(_) => return Err(Error::NotLeader { leader: None }),
+    let mut closed = inner.closed.subscribe();
+    let reached = tokio::select! {
+        r = tokio::time::timeout(DUPLICATE_WAIT, hw.wait_for(|h| *h > base_offset)) => {
+            matches!(r, Ok(Ok(_)))
+        }
+        _ = closed.wait_for(|c| *c) => false,
+    };
+    if !reached {
+        return Err(Error::OutcomeUnknown);
     }
     let log = &inner.shared.log;
     let hw = *inner.shared.hw.borrow();
@@ -1219,7 +1236,7 @@ async fn interval_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
+        if *inner.closed.borrow() {
             return;
         }
         let shared = inner.shared.clone();

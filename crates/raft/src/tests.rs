@@ -397,7 +397,7 @@ struct TcpNode {
     transport: crate::Transport,
     node: RaftNode,
     parts: Vec<Partition>,
-    _liveness: crate::LivenessGuard,
+    _liveness: Option<crate::LivenessGuard>,
 }
 
 /// Opens `groups` on `node` as the broker opens a new topic's partitions, `preferred`
@@ -438,6 +438,18 @@ async fn tcp_node(
     preferred: Option<NodeId>,
     restarted: bool,
 ) -> TcpNode {
+    tcp_node_with(places, id, groups, preferred, Some(restarted)).await
+}
+
+/// [`tcp_node`], with `liveness` None: no liveness task (nothing campaigns or marks peers
+/// down unless the test does it), Some(restarted) as there.
+async fn tcp_node_with(
+    places: &Places,
+    id: NodeId,
+    groups: &[&str],
+    preferred: Option<NodeId>,
+    liveness: Option<bool>,
+) -> TcpNode {
     let (addrs, dirs, metas) = places;
     let (dir, meta) = (dirs[&id].path(), &metas[&id]);
     let transport = crate::Transport::new(crate::TransportConfig::new(id));
@@ -462,7 +474,7 @@ async fn tcp_node(
     )
     .expect("node");
     let peers = addrs.keys().copied().filter(|p| *p != id).collect();
-    let liveness = crate::spawn_liveness(node.clone(), peers, restarted);
+    let liveness = liveness.map(|restarted| crate::spawn_liveness(node.clone(), peers, restarted));
     let parts = open_groups(&node, dir, addrs, groups, preferred);
     if preferred.is_none() {
         // Node 1 should lead every group whenever it can (leader balancing).
@@ -696,6 +708,50 @@ async fn a_preferred_replica_back_moments_ago_leaves_the_next_election_to_anothe
         .propose(vec![batch(1, 3)])
         .await
         .expect("commit on the third leader");
+    for n in nodes.into_values() {
+        stop_node(n).await;
+    }
+}
+
+/// A replica asked for a vote probes the leader it follows, and drops its lease on one whose
+/// port refuses connections (its process is not running). Its liveness task would tell it
+/// 0.3-0.45 s after the kill; a candidate whose own pings told it first used to be refused
+/// until then and to retry 0.3-0.6 s later, by when a replica restarted moments before could
+/// win instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_request_finds_a_killed_leader_gone_at_once() {
+    let groups = ["v-0"];
+    let places = three_tcp_places();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        // No liveness tasks: nothing campaigns or marks a peer down but this test.
+        let n = tcp_node_with(&places, id, &groups, Some(1), None);
+        nodes.insert(id, n.await);
+    }
+    assert_eq!(tcp_leader(&nodes, 0).await, 1);
+    // A commit just now: both followers hold a fresh lease on node 1.
+    nodes[&1].parts[0]
+        .propose(vec![batch(1, 1)])
+        .await
+        .expect("commit");
+    stop_node(nodes.remove(&1).expect("node 1")).await;
+
+    // Node 2 campaigns at once, as its liveness task does once it finds node 1 gone.
+    let raft = nodes[&2].parts[0].raft_for_test();
+    crate::liveness::drop_lease(&raft, 1).await;
+    raft.trigger().elect(true).await.expect("elect");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    while !nodes[&2].parts[0].is_leader() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 3 kept its lease on the killed leader: node 2 not elected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes[&2].parts[0]
+        .propose(vec![batch(1, 2)])
+        .await
+        .expect("commit on node 2");
     for n in nodes.into_values() {
         stop_node(n).await;
     }
@@ -1004,6 +1060,42 @@ async fn a_new_leader_knows_producers_from_far_back_in_the_log() {
         "the restarted replica read {} log entries to rebuild its filter",
         p.filter_replayed()
     );
+}
+
+/// A write handed to openraft whose commit is not known when its group stops, and a retry of
+/// it waiting for that commit, are answered "outcome unknown", not "not leader": clients take
+/// the latter as "not written" and may resend the records as new ones (a producer that bumps
+/// its epoch does), which would write them twice if another leader commits the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_an_unknown_outcome_is_not_answered_as_refused() {
+    let mut c = Cluster::build(3, LogConfig::default(), || Box::new(SeqFilter::default()));
+    let l = c.leader(None).await;
+    c.part(l)
+        .propose(vec![producer_batch(7, 0)])
+        .await
+        .expect("commit");
+    // Cut off right after a commit: its lease still lets it take the write, no quorum
+    // commits it.
+    c.router.isolate(l);
+    let first = tokio::spawn(c.part(l).propose(vec![producer_batch(7, 1)]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let retry = tokio::spawn(c.part(l).propose(vec![producer_batch(7, 1)]));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !first.is_finished() && !retry.is_finished(),
+        "answered without a quorum"
+    );
+    c.stop(l).await;
+    for (what, task) in [("the write", first), ("its retry", retry)] {
+        let res = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("answered once the group stopped")
+            .expect("task");
+        assert!(
+            matches!(res, Err(Error::OutcomeUnknown)),
+            "{what} was answered {res:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,6 +211,9 @@ fn answer_partition(
                 raft::Error::NotLeader { .. } | raft::Error::Closed => {
                     codes::NOT_LEADER_OR_FOLLOWER
                 }
+                // Possibly written: clients retry the same batch (same sequence numbers),
+                // which the producer state recognises if the first one did commit.
+                raft::Error::OutcomeUnknown => codes::REQUEST_TIMED_OUT,
                 _ => codes::KAFKA_STORAGE_ERROR,
             };
             broker.count_error(ApiKey::Produce, code);
