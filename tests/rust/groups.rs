@@ -469,6 +469,55 @@ fn join_req(group: &str, member: &str, ptype: &str) -> JoinGroupRequest {
         .with_metadata(bytes::Bytes::from_static(b"meta"))])
 }
 
+/// SIGTERM while a JoinGroup waits for a member that went silent: the join is answered
+/// NOT_COORDINATOR at once (the client finds the next coordinator) and the node exits within
+/// seconds. The shutdown answers every request it has read, and used to wait here until the
+/// silent member's rebalance timeout ran out (40 s in the run that found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_join_waiting_for_a_silent_member() {
+    let mut node = group_node();
+    let addr = node.kafka_addr();
+    let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiting = {
+        let joined = joined.clone();
+        tokio::task::spawn_blocking(move || {
+            let g = "sigterm-group";
+            let req = |member: &str| {
+                join_req(g, member, "consumer")
+                    .with_session_timeout_ms(60_000)
+                    .with_rebalance_timeout_ms(60_000)
+            };
+            // Member 1 joins, then goes silent: no heartbeat, no rejoin, no leave.
+            let mut a = Raw::connect(addr);
+            let r: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &req(""));
+            let m1 = r.member_id.to_string();
+            let r: JoinGroupResponse = a.call(ApiKey::JoinGroup, 5, &req(&m1));
+            assert_eq!(r.error_code, 0, "member 1 joins");
+            // Member 2's join starts a rebalance that waits for member 1 (up to 60 s).
+            let mut b = Raw::connect(addr);
+            let r: JoinGroupResponse = b.call(ApiKey::JoinGroup, 5, &req(""));
+            let m2 = r.member_id.to_string();
+            joined.store(true, std::sync::atomic::Ordering::Release);
+            let r: JoinGroupResponse = b.call(ApiKey::JoinGroup, 5, &req(&m2));
+            r.error_code
+        })
+    };
+    while !joined.load(std::sync::atomic::Ordering::Acquire) {
+        assert!(!waiting.is_finished(), "the joins failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Member 2's second join is read and waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the join did not wait for member 1");
+    let started = Instant::now();
+    let status = node.terminate_status(Duration::from_secs(15));
+    assert!(status.success(), "SIGTERM shutdown was not clean: {status}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "the shutdown took {took:?}");
+    let code = waiting.await.expect("the waiting join was answered");
+    assert_eq!(code, 16, "NOT_COORDINATOR");
+}
+
 fn commit_req(
     group: &str,
     generation: i32,

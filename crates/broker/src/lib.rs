@@ -345,6 +345,14 @@ impl Broker {
     }
 
     /// Commits what is queued and closes every partition log (clean shutdown).
+    /// Shutdown has begun (the listeners stop reading requests): requests that wait for
+    /// other clients, group joins and syncs, are answered now, so that every connection
+    /// can answer what it has read and close.
+    pub fn begin_shutdown(&self) {
+        self.set_ready(false);
+        self.groups.stop_serving();
+    }
+
     pub async fn shutdown(&self) {
         self.set_ready(false);
         self.topics.close_all().await;

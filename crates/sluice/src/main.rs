@@ -148,6 +148,7 @@ async fn run(cfg: config::NodeConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: answering in-flight requests");
     shutdown.cancel();
+    broker.begin_shutdown();
     for task in kafka_tasks {
         let _ = task.await;
     }

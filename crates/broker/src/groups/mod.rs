@@ -610,6 +610,8 @@ pub struct Coordinator {
     state: Mutex<State>,
     /// Per offsets partition (locked before `state` when both are).
     loads: Mutex<Vec<Load>>,
+    /// The node is shutting down: no group is served any more (see [`Coordinator::stop_serving`]).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Coordinator {
@@ -629,6 +631,7 @@ impl Coordinator {
             partitions,
             state: Mutex::new(State::default()),
             loads: Mutex::new(vec![Load::No; n]),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         c.check_leadership();
         tokio::spawn(tick_loop(Arc::downgrade(&c)));
@@ -666,6 +669,9 @@ impl Coordinator {
     /// NOT_COORDINATOR when it does not lead the group's offsets partition,
     /// COORDINATOR_LOAD_IN_PROGRESS while it is loading it.
     pub fn not_serving(&self, group_id: &str) -> Option<i16> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Some(codes::NOT_COORDINATOR);
+        }
         let k = partition_for(group_id, self.partitions.len());
         let Some(p) = &self.partitions[k] else {
             return Some(codes::NOT_COORDINATOR);
@@ -737,17 +743,23 @@ impl Coordinator {
             if g.partition != k {
                 return true;
             }
-            for m in g.members.values_mut() {
-                if let Some(w) = m.join_waiter.take() {
-                    let _ = w.send(join_error(codes::NOT_COORDINATOR, &m.id));
-                }
-                if let Some(w) = m.sync_waiter.take() {
-                    let _ = w.send(sync_error(codes::NOT_COORDINATOR));
-                }
-            }
+            release_waiters(g);
             false
         });
         before - st.groups.len()
+    }
+
+    /// The node is shutting down: every group request is answered NOT_COORDINATOR from now
+    /// on, and members waiting in a JoinGroup or SyncGroup are answered so at once (they find
+    /// the next coordinator). Otherwise a join waiting for a member that died (up to its
+    /// session timeout) held the node's shutdown, which answers every request it has read.
+    pub fn stop_serving(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut st = self.state.lock();
+        for g in st.groups.values_mut() {
+            release_waiters(g);
+        }
     }
 
     /// Loads the groups of offsets partition `k`, led here in `term`: waits until the high
@@ -2161,6 +2173,18 @@ fn consumer_group_for_replay<'a>(
     g.cg.as_mut().expect("consumer group")
 }
 
+/// Answers the members of `g` waiting in a JoinGroup or SyncGroup NOT_COORDINATOR.
+fn release_waiters(g: &mut Group) {
+    for m in g.members.values_mut() {
+        if let Some(w) = m.join_waiter.take() {
+            let _ = w.send(join_error(codes::NOT_COORDINATOR, &m.id));
+        }
+        if let Some(w) = m.sync_waiter.take() {
+            let _ = w.send(sync_error(codes::NOT_COORDINATOR));
+        }
+    }
+}
+
 async fn tick_loop(c: Weak<Coordinator>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -2168,6 +2192,11 @@ async fn tick_loop(c: Weak<Coordinator>) {
     loop {
         tick.tick().await;
         let Some(c) = c.upgrade() else { return };
+        if c.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            // A join that passed its check just before shutdown began and waits now.
+            c.stop_serving();
+            continue;
+        }
         let now = Instant::now();
         c.check_leadership();
         c.tick(now);
