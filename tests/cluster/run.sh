@@ -72,3 +72,8 @@ if ! "$PY" "$ROOT/tests/cluster/txn_failover.py"; then
     dump_logs
     exit 1
 fi
+echo "==> SIGTERM on a leader that lost its majority (last: stops every node, then starts them)"
+if ! "$PY" "$ROOT/tests/cluster/shutdown.py"; then
+    dump_logs
+    exit 1
+fi

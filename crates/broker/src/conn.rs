@@ -27,6 +27,12 @@ use crate::Broker;
 /// Requests a connection may have in flight before its reader waits for the writer.
 const MAX_IN_FLIGHT: usize = 128;
 
+/// How long a shutting-down node waits for the answers of requests it has read. After it,
+/// the connection closes with them unanswered (a client takes that as "possibly written"
+/// and retries): a produce whose partition lost its majority would otherwise hold the
+/// shutdown until the client gave up on it.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Accepts Kafka connections on the broker's listener number `index` (its position in
 /// `BrokerConfig::listeners`) until `shutdown` is cancelled, then waits for every connection
 /// to answer what it has read.
@@ -102,7 +108,7 @@ async fn connection(
     broker.metrics.connections_total.inc();
     let (mut rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_loop(wr, rx, broker.clone()));
+    let writer = tokio::spawn(write_loop(wr, rx, broker.clone(), shutdown.clone()));
     let max = broker.config.socket_request_max_bytes;
     let peer = client.peer;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -210,11 +216,30 @@ fn decode_and_dispatch(
     })
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, broker: Arc<Broker>) {
+async fn write_loop(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let mut out = BytesMut::with_capacity(64 * 1024);
-    while let Some(p) = rx.recv().await {
-        let response = match p.reply.await {
+    // Completes SHUTDOWN_GRACE after the shutdown began (polled until then, once).
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    while let Some(mut p) = rx.recv().await {
+        let reply = tokio::select! {
+            r = &mut p.reply => r,
+            () = &mut grace => {
+                tracing::warn!(api = ?p.api_key, "shutting down: closing a connection with requests still unanswered");
+                p.reply.abort();
+                break;
+            }
+        };
+        let response = match reply {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(api = ?p.api_key, error = %e, "request handler failed; closing connection");
