@@ -89,6 +89,21 @@ def check(local_dir, topic, partitions, nodes=(1, 2, 3)):
     return problems
 
 
+def report(topic_partitions):
+    """Checks the (topic, partition count) pairs in the local cluster's data directory
+    (SLUICE_LOCAL_DIR), prints the outcome and the first problems; True if all hold or
+    there is no directory to read."""
+    local_dir = os.environ.get("SLUICE_LOCAL_DIR")
+    if not local_dir:
+        return True
+    problems = [line for topic, partitions in topic_partitions
+                for line in check(local_dir, topic, partitions)]
+    for line in problems[:10]:
+        print("  " + line)
+    print("replica logs: %s" % ("OK" if not problems else "%d problem(s)" % len(problems)))
+    return not problems
+
+
 def main():
     local_dir, topic, partitions = sys.argv[1], sys.argv[2], int(sys.argv[3])
     problems = check(local_dir, topic, partitions)

@@ -490,6 +490,23 @@ async fn tcp_node_with(
     }
 }
 
+/// Three TCP nodes on `places`, each hosting `groups` (see [`tcp_node_with`]).
+async fn three_tcp_nodes(
+    places: &Places,
+    groups: &[&str],
+    preferred: Option<NodeId>,
+    liveness: Option<bool>,
+) -> BTreeMap<NodeId, TcpNode> {
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(
+            id,
+            tcp_node_with(places, id, groups, preferred, liveness).await,
+        );
+    }
+    nodes
+}
+
 /// Stops a node as a killed process would look to its peers: its listener and groups gone.
 async fn stop_node(n: TcpNode) {
     n.transport.shutdown().await;
@@ -551,11 +568,7 @@ async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
     let groups = ["n-0", "n-1", "n-2"];
     let places = three_tcp_places();
     let (addrs, dirs, _) = &places;
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        let n = tcp_node(&places, id, &[], Some(3), false).await;
-        nodes.insert(id, n);
-    }
+    let mut nodes = three_tcp_nodes(&places, &[], Some(3), Some(false)).await;
     // A running cluster: every node has heard from the others (the first started pinged the
     // others before they listened, and a node it saw down would not wait for it).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -588,10 +601,7 @@ async fn a_new_group_is_led_by_its_preferred_voter_that_created_it_last() {
 async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
     let groups = ["a-0", "a-1", "b-0", "b-1"];
     let places = three_tcp_places();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, tcp_node(&places, id, &groups, None, false).await);
-    }
+    let mut nodes = three_tcp_nodes(&places, &groups, None, Some(false)).await;
 
     let mut acked: Vec<Vec<(i64, i32)>> = vec![Vec::new(); groups.len()];
     for (g, _) in groups.iter().enumerate() {
@@ -664,11 +674,7 @@ async fn tcp_cluster_replicates_groups_over_one_connection_per_peer() {
 async fn a_preferred_replica_back_moments_ago_leaves_the_next_election_to_another() {
     let groups = ["r-0"];
     let places = three_tcp_places();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        let n = tcp_node(&places, id, &groups, Some(1), false);
-        nodes.insert(id, n.await);
-    }
+    let mut nodes = three_tcp_nodes(&places, &groups, Some(1), Some(false)).await;
     assert_eq!(
         tcp_leader(&nodes, 0).await,
         1,
@@ -722,12 +728,8 @@ async fn a_preferred_replica_back_moments_ago_leaves_the_next_election_to_anothe
 async fn a_vote_request_finds_a_killed_leader_gone_at_once() {
     let groups = ["v-0"];
     let places = three_tcp_places();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        // No liveness tasks: nothing campaigns or marks a peer down but this test.
-        let n = tcp_node_with(&places, id, &groups, Some(1), None);
-        nodes.insert(id, n.await);
-    }
+    // No liveness tasks: nothing campaigns or marks a peer down but this test.
+    let mut nodes = three_tcp_nodes(&places, &groups, Some(1), None).await;
     assert_eq!(tcp_leader(&nodes, 0).await, 1);
     // A commit just now: both followers hold a fresh lease on node 1.
     nodes[&1].parts[0]
