@@ -386,29 +386,6 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
 /// burst of at most this much of the rate).
 const PACE_SLEEP_MIN: Duration = Duration::from_micros(500);
 
-/// Serves delivery reports until nothing is in flight (librdkafka's own flush inside
-/// commit_transaction waits on its poll interval instead: ~100 ms per transaction).
-///
-/// Not with `poll(1 ms)`: rust-rdkafka polls until its deadline and hands librdkafka the
-/// remaining time in whole milliseconds, so a 1 ms poll spins on the CPU for the whole
-/// millisecond (a third of the machine with 8 producers, taken from the brokers). One
-/// non-blocking poll per queued event, and short sleeps while nothing arrives.
-fn drain(producer: &BaseProducer<BenchContext>, deadline: Instant) -> anyhow::Result<()> {
-    let mut left = producer.in_flight_count();
-    while left > 0 {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {left} deliveries");
-        }
-        producer.poll(Duration::ZERO);
-        let now = producer.in_flight_count();
-        if now >= left {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        left = now;
-    }
-    Ok(())
-}
-
 /// One producer's run; `k` tells producers of one run apart (transactional ids).
 fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
     let mut cfg = base_config(args);
@@ -437,6 +414,66 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         cfg.set("statistics.interval.ms", args.stats_ms.to_string());
     }
     let producer: BaseProducer<BenchContext> = cfg.create_with_context(ctx).context("producer")?;
+    if args.txn_records == 0 {
+        return produce_with(args, &producer, false);
+    }
+    // Transactions: a thread of its own serves the delivery reports, so that a commit can
+    // wait in librdkafka's flush (see [`flush_now`]). It polls in long slices: rust-rdkafka's
+    // poll spins through the last (sub-millisecond) part of each slice.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                producer.poll(Duration::from_secs(1));
+            }
+        });
+        let out = produce_with(args, &producer, true);
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+/// Sends what the producer holds at once (linger.ms cut short) and waits until nothing is in
+/// flight. This is what commit_transaction does in librdkafka's C API, the Java client and
+/// confluent-kafka: their flush holds librdkafka's "flushing" flag while it waits, so the
+/// last batches go out without lingering. rust-rdkafka's commit_transaction first runs its
+/// own flush, which calls `rd_kafka_flush` with no wait and polls in between, so the flag is
+/// hardly ever seen and every transaction waited out linger.ms. With delivery reports as
+/// events (as rust-rdkafka sets them), `rd_kafka_flush` only waits for the message count to
+/// reach zero while another thread serves the reports.
+#[allow(unsafe_code)]
+fn flush_now(producer: &BaseProducer<BenchContext>, deadline: Instant) -> anyhow::Result<()> {
+    let wait_ms = i32::try_from(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis(),
+    )
+    .unwrap_or(i32::MAX);
+    // SAFETY: a live producer handle; the call only sets a flag, wakes librdkafka's broker
+    // threads and waits on the handle's message count.
+    let err = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), wait_ms) };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        bail!("flush before commit: {}", RDKafkaErrorCode::from(err));
+    }
+    Ok(())
+}
+
+/// The produce loop of one producer; `served`: another thread serves the delivery reports
+/// (always so for transactions).
+fn produce_with(
+    args: &Args,
+    producer: &BaseProducer<BenchContext>,
+    served: bool,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    // Serves delivery reports for up to `timeout` (zero: what is queued), or waits while
+    // another thread does.
+    let serve = |timeout: Duration| {
+        if !served {
+            producer.poll(timeout);
+        } else if !timeout.is_zero() {
+            std::thread::sleep(timeout);
+        }
+    };
     // Connect and learn leaders before the clock starts.
     partitions_of(producer.client(), &args.topic)?;
     let txn_timeout = Duration::from_secs(60);
@@ -467,7 +504,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             let now = Instant::now();
             if due > now {
-                producer.poll(Duration::ZERO);
+                serve(Duration::ZERO);
                 let ahead = due.saturating_duration_since(Instant::now());
                 if ahead >= PACE_SLEEP_MIN {
                     std::thread::sleep(ahead);
@@ -476,7 +513,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
         }
         if args.txn_records > 0 && i % args.txn_records == 0 {
             if i > 0 {
-                drain(&producer, deadline)?;
+                flush_now(producer, deadline)?;
                 producer
                     .commit_transaction(txn_timeout)
                     .context("commit_transaction")?;
@@ -492,7 +529,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    producer.poll(Duration::from_millis(5));
+                    serve(Duration::from_millis(5));
                     if Instant::now() > deadline {
                         bail!("timed out with a full producer queue after {i} records");
                     }
@@ -501,12 +538,12 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
             }
         }
         if i % 256 == 0 {
-            producer.poll(Duration::ZERO);
+            serve(Duration::ZERO);
             progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
         }
     }
     if args.txn_records > 0 && args.records > 0 {
-        drain(&producer, deadline)?;
+        flush_now(producer, deadline)?;
         producer
             .commit_transaction(txn_timeout)
             .context("commit_transaction")?;
@@ -519,7 +556,7 @@ fn produce(args: &Args, k: usize) -> anyhow::Result<(serde_json::Value, bool)> {
                 producer.in_flight_count()
             );
         }
-        producer.poll(Duration::from_millis(50));
+        serve(Duration::from_millis(50));
         progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
     }
     let elapsed = started.elapsed().as_secs_f64();
