@@ -1506,6 +1506,20 @@ async fn old_record_formats_round_trip_through_produce_v2_and_fetch_v2() {
     .await
     .unwrap_or_else(|(e, _)| panic!("transactional produce: {e}"));
     txn.commit_transaction(t).expect("commit");
+    // The marker follows the commit's answer (as in Kafka): wait for it before record 9.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while txn
+            .client()
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .expect("watermarks")
+            .1
+            < 9
+        {
+            assert!(Instant::now() < deadline, "no commit marker");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
     let mut m9 = Vec::new();
     old_message(&mut m9, 1, 0, 1_700_000_000_009, None, b"v9");
     assert_eq!(produce_old(&mut c, 2, topic, &m9), (0, 9));

@@ -24,6 +24,23 @@ fn describe(raw: &mut Raw, id: &str) -> describe_transactions_response::Transact
     r.transaction_states.into_iter().next().expect("one state")
 }
 
+/// The state of `id` once its transaction's markers are written: EndTxn is answered once the
+/// decision (Prepare) is committed, as in Kafka, and the markers follow.
+fn completed(raw: &mut Raw, id: &str) -> describe_transactions_response::TransactionState {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = describe(raw, id);
+        if !st.transaction_state.as_str().starts_with("Prepare") {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never completed: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn latest(raw: &mut Raw, topic: &str, isolation: i8) -> i64 {
     let r: ListOffsetsResponse = raw.call(
         ApiKey::ListOffsets,
@@ -107,7 +124,7 @@ async fn coordinator_state_follows_the_transaction() {
             && t.transaction_state.as_str() == "Ongoing"));
 
     producer.commit_transaction(timeout).expect("commit");
-    let st = describe(&mut raw, "txn-state-producer");
+    let st = completed(&mut raw, "txn-state-producer");
     assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
     assert!(st.topics.is_empty());
     // Five records and the commit marker: both ends move past the marker.
@@ -253,7 +270,7 @@ async fn idle_transactional_ids_expire() {
     producer.commit_transaction(timeout).expect("commit");
     drop(producer);
     let mut raw = Raw::connect(node.kafka_addr());
-    let st = describe(&mut raw, "txn-expire-producer");
+    let st = completed(&mut raw, "txn-expire-producer");
     assert_eq!(st.transaction_state.as_str(), "CompleteCommit");
     let first_pid = st.producer_id.0;
 
@@ -382,6 +399,8 @@ async fn completed_transactions_survive_a_coordinator_crash() {
     // Both ids go on: a new transaction each, committed.
     commit_one("txn-crash-early", "c");
     commit_one("txn-crash-late", "d");
+    completed(&mut raw, "txn-crash-early");
+    completed(&mut raw, "txn-crash-late");
     assert_eq!(latest(&mut raw, "txn-crash", 1), end2 + 4);
     let c = consumer(&boot, &[("isolation.level", "read_committed")]);
     assign_all_from_beginning(&c, "txn-crash", 1);

@@ -39,6 +39,11 @@ pub const MAX_TIMEOUT_MS: i32 = 900_000;
 /// taking over writes the markers once more, which changes nothing on the partitions: the
 /// producer has no transaction open there (its next one needs an Ongoing record first).
 pub const COMPLETE_WRITE_DELAY_MS: i64 = 500;
+/// EndTxn is answered once its Prepare record is committed (as in Kafka); the markers follow.
+/// A request for the id that comes while they are being written (the producer's next
+/// AddPartitionsToTxn, mostly) waits for them this long before it is answered
+/// CONCURRENT_TRANSACTIONS, which clients retry only after their backoff (100 ms).
+pub const COMPLETING_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
@@ -119,6 +124,8 @@ pub struct TxnCoordinator {
     /// Ids made Complete in memory whose record is not written yet (the log still says
     /// Prepare), until their next state is written (see [`COMPLETE_WRITE_DELAY_MS`]).
     unwritten: Mutex<HashSet<String>>,
+    /// Woken whenever a transaction's completion (its markers) ends or stops.
+    completed: tokio::sync::Notify,
 }
 
 /// Fenced: older request versions only know INVALID_PRODUCER_EPOCH.
@@ -142,6 +149,7 @@ impl TxnCoordinator {
             expiration_ms,
             txns: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(HashSet::new()),
+            completed: tokio::sync::Notify::new(),
         });
         tokio::spawn(tick_loop(Arc::downgrade(&c), broker));
         c
@@ -166,6 +174,30 @@ impl TxnCoordinator {
             .entry(id.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
             .clone()
+    }
+
+    /// Locks the id's slot once no transaction of it is being completed (its markers written
+    /// after EndTxn was answered), waiting up to [`COMPLETING_WAIT`] for that; after it, the
+    /// slot as it is (the caller answers CONCURRENT_TRANSACTIONS).
+    async fn lock_completed<'a>(
+        &self,
+        slot: &'a Slot,
+    ) -> tokio::sync::MutexGuard<'a, Option<TxnMeta>> {
+        let deadline = tokio::time::Instant::now() + COMPLETING_WAIT;
+        loop {
+            let completed = self.completed.notified();
+            tokio::pin!(completed);
+            // Registered before the state is read, so a completion in between wakes it.
+            completed.as_mut().enable();
+            let guard = slot.lock().await;
+            if !guard.as_ref().is_some_and(|m| m.status.preparing()) {
+                return guard;
+            }
+            drop(guard);
+            if tokio::time::timeout_at(deadline, completed).await.is_err() {
+                return slot.lock().await;
+            }
+        }
     }
 
     /// Writes the state of `id` to its partition; answered once committed.
@@ -231,7 +263,7 @@ impl TxnCoordinator {
             return Err(codes::INVALID_TRANSACTION_TIMEOUT);
         }
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.lock_completed(&slot).await;
         let now = now_ms();
         let mut meta = match guard.clone() {
             None => {
@@ -270,7 +302,7 @@ impl TxnCoordinator {
             self.persist(id, &meta).await?;
             *guard = Some(meta.clone());
             drop(guard);
-            self.finish(broker, id, None).await?;
+            self.finish(broker, id).await?;
             guard = slot.lock().await;
             meta = guard.clone().ok_or(codes::NOT_COORDINATOR)?;
             if meta.status.preparing() {
@@ -336,7 +368,7 @@ impl TxnCoordinator {
             return Err(code);
         }
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.lock_completed(&slot).await;
         let mut meta = Self::check_producer(&guard, pid, epoch, new_codes)?;
         if meta.status.preparing() {
             return Err(codes::CONCURRENT_TRANSACTIONS);
@@ -357,9 +389,10 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// EndTxn: decides the transaction (the Prepare record) and writes its markers.
-    /// Answered once the markers are written, or after a few seconds with the decision
-    /// made (the markers are then still being retried).
+    /// EndTxn: decides the transaction (the Prepare record), answered once that is committed,
+    /// as in Kafka; the markers are written after it ([`TxnCoordinator::finish`]), and the
+    /// id's next request waits for them ([`COMPLETING_WAIT`]). So the producer's next
+    /// transaction cannot put records on a partition before the marker ending this one.
     pub async fn end_txn(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
@@ -373,7 +406,7 @@ impl TxnCoordinator {
             return Err(code);
         }
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = self.lock_completed(&slot).await;
         let mut meta = Self::check_producer(&guard, pid, epoch, new_codes)?;
         match (meta.status, commit) {
             (Status::Ongoing, _) => {}
@@ -394,26 +427,21 @@ impl TxnCoordinator {
         *guard = Some(meta);
         drop(guard);
         let (c, b, id2) = (self.clone(), broker.clone(), id.to_string());
-        let (written, markers) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move { c.finish(&b, &id2, Some(written)).await });
-        // Answered once every marker is written and the state is Complete (in memory; the
-        // record follows later if nothing supersedes it), so the id's next request does not
-        // see the transaction still preparing. The decision is durable: after 10 s the client
-        // may go on while the markers are retried.
-        let _ = tokio::time::timeout(Duration::from_secs(10), markers).await;
+        tokio::spawn(async move { c.finish(&b, &id2).await });
         Ok(())
     }
 
     /// Writes the markers of a prepared transaction until every partition has one, then
     /// makes it Complete (written to the log later; see [`COMPLETE_WRITE_DELAY_MS`]). Stops
-    /// (leaving it to the next coordinator) when this node no longer serves the id.
-    /// `written` hears once the markers are written, under the id's lock.
-    async fn finish(
-        &self,
-        broker: &Arc<Broker>,
-        id: &str,
-        written: Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<(), i16> {
+    /// (leaving it to the next coordinator) when this node no longer serves the id. Wakes
+    /// the requests waiting for it in [`TxnCoordinator::lock_completed`] either way.
+    async fn finish(&self, broker: &Arc<Broker>, id: &str) -> Result<(), i16> {
+        let out = self.write_markers(broker, id).await;
+        self.completed.notify_waiters();
+        out
+    }
+
+    async fn write_markers(&self, broker: &Arc<Broker>, id: &str) -> Result<(), i16> {
         let slot = self.slot(id);
         let meta = slot.lock().await.clone().ok_or(codes::NOT_COORDINATOR)?;
         if !meta.status.preparing() {
@@ -457,9 +485,6 @@ impl TxnCoordinator {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
         let mut guard = slot.lock().await;
-        if let Some(w) = written {
-            let _ = w.send(());
-        }
         let Some(mut done) = guard.clone() else {
             return Err(codes::NOT_COORDINATOR);
         };
@@ -592,7 +617,7 @@ impl TxnCoordinator {
             *guard = Some(next);
             drop(guard);
             let (c, b) = (self.clone(), broker.clone());
-            tokio::spawn(async move { c.finish(&b, &id, None).await });
+            tokio::spawn(async move { c.finish(&b, &id).await });
         }
     }
 
@@ -680,7 +705,7 @@ impl TxnCoordinator {
         }
         for id in prepared {
             let (c, b) = (self.clone(), broker.clone());
-            tokio::spawn(async move { c.finish(&b, &id, None).await });
+            tokio::spawn(async move { c.finish(&b, &id).await });
         }
     }
 
