@@ -412,3 +412,63 @@ async fn completed_transactions_survive_a_coordinator_crash() {
     assert_eq!(values, vec!["a", "b", "c", "d"]);
     assert_no_more(&c, Duration::from_millis(500)).await;
 }
+
+/// EndTxn is answered once the decision is committed, before the markers (as in Kafka); the
+/// producer's next AddPartitionsToTxn, sent the moment the answer arrives, waits on the
+/// coordinator for them instead of getting CONCURRENT_TRANSACTIONS (which librdkafka would
+/// retry only after its 100 ms backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_transaction_waits_for_the_markers_of_the_last() {
+    let node = Node::start_default();
+    create_topic(&node.bootstrap(), "txn-back-to-back", 1, &[]).await;
+    let mut raw = Raw::connect(node.kafka_addr());
+    let id = TransactionalId(s("txn-back-to-back"));
+    let init: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(id.clone()))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id, init.producer_epoch);
+    const ROUNDS: i64 = 20;
+    for round in 0..ROUNDS {
+        let r: AddPartitionsToTxnResponse = raw.call(
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id.clone())
+                .with_v3_and_below_producer_id(pid)
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(TopicName(s("txn-back-to-back")))
+                        .with_partitions(vec![0]),
+                ]),
+        );
+        let code = r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code;
+        assert_eq!(code, 0, "AddPartitionsToTxn of round {round}");
+        let r: EndTxnResponse = raw.call(
+            ApiKey::EndTxn,
+            3,
+            &EndTxnRequest::default()
+                .with_transactional_id(id.clone())
+                .with_producer_id(pid)
+                .with_producer_epoch(epoch)
+                .with_committed(true),
+        );
+        assert_eq!(r.error_code, 0, "EndTxn of round {round}");
+    }
+    // One commit marker per transaction, and nothing left open.
+    assert_eq!(
+        completed(&mut raw, "txn-back-to-back")
+            .transaction_state
+            .as_str(),
+        "CompleteCommit"
+    );
+    assert_eq!(latest(&mut raw, "txn-back-to-back", 0), ROUNDS);
+    assert_eq!(latest(&mut raw, "txn-back-to-back", 1), ROUNDS);
+}

@@ -178,24 +178,29 @@ impl TxnCoordinator {
 
     /// Locks the id's slot once no transaction of it is being completed (its markers written
     /// after EndTxn was answered), waiting up to [`COMPLETING_WAIT`] for that; after it, the
-    /// slot as it is (the caller answers CONCURRENT_TRANSACTIONS).
+    /// slot as it is (the caller answers CONCURRENT_TRANSACTIONS). The code to answer when
+    /// this node stops serving the id meanwhile (the next coordinator completes it).
     async fn lock_completed<'a>(
         &self,
+        id: &str,
         slot: &'a Slot,
-    ) -> tokio::sync::MutexGuard<'a, Option<TxnMeta>> {
+    ) -> Result<tokio::sync::MutexGuard<'a, Option<TxnMeta>>, i16> {
         let deadline = tokio::time::Instant::now() + COMPLETING_WAIT;
         loop {
             let completed = self.completed.notified();
             tokio::pin!(completed);
             // Registered before the state is read, so a completion in between wakes it.
             completed.as_mut().enable();
+            if let Some(code) = self.not_serving(id) {
+                return Err(code);
+            }
             let guard = slot.lock().await;
             if !guard.as_ref().is_some_and(|m| m.status.preparing()) {
-                return guard;
+                return Ok(guard);
             }
             drop(guard);
             if tokio::time::timeout_at(deadline, completed).await.is_err() {
-                return slot.lock().await;
+                return Ok(slot.lock().await);
             }
         }
     }
@@ -263,7 +268,7 @@ impl TxnCoordinator {
             return Err(codes::INVALID_TRANSACTION_TIMEOUT);
         }
         let slot = self.slot(id);
-        let mut guard = self.lock_completed(&slot).await;
+        let mut guard = self.lock_completed(id, &slot).await?;
         let now = now_ms();
         let mut meta = match guard.clone() {
             None => {
@@ -368,7 +373,7 @@ impl TxnCoordinator {
             return Err(code);
         }
         let slot = self.slot(id);
-        let mut guard = self.lock_completed(&slot).await;
+        let mut guard = self.lock_completed(id, &slot).await?;
         let mut meta = Self::check_producer(&guard, pid, epoch, new_codes)?;
         if meta.status.preparing() {
             return Err(codes::CONCURRENT_TRANSACTIONS);
@@ -406,7 +411,7 @@ impl TxnCoordinator {
             return Err(code);
         }
         let slot = self.slot(id);
-        let mut guard = self.lock_completed(&slot).await;
+        let mut guard = self.lock_completed(id, &slot).await?;
         let mut meta = Self::check_producer(&guard, pid, epoch, new_codes)?;
         match (meta.status, commit) {
             (Status::Ongoing, _) => {}
