@@ -27,10 +27,14 @@ trap cleanup EXIT
 deploy/local-cluster.sh up >&2
 
 bench() { "$BENCH" --bootstrap "$BOOT" --report-secs 0 --replication-factor 3 "$@"; }
+# The three nodes' CPU seconds (summed) go into each produce line: against the bench's own
+# (client_cpu_s), they show who took the two cores. Phase 5 restarts nodes, so it comes last.
+NODES=()
+for n in 1 2 3; do NODES+=(--broker-pid "$(cat "$SLUICE_LOCAL_DIR/node-$n.pid")"); done
 echo "three nodes, replication factor 3, acks=all, 6 partitions, fsync always" >&2
 
 # 1. Peak rate, 100-byte records.
-peak_json="$(bench --mode produce --topic rf3-100 --partitions 6 --records "$RECORDS" \
+peak_json="$(bench --mode produce --topic rf3-100 --partitions 6 --records "$RECORDS" "${NODES[@]}" \
   --record-size 100 --acks all --linger-ms 5)"
 echo "$peak_json" | sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 100 B",/'
 # 2. Latency at half the peak rate of phase 1, right after it, once the disk has written
@@ -47,10 +51,10 @@ bench --mode produce --topic rf3-1k --partitions 6 --records "$((RECORDS / 4))" 
   sed 's/^{/{"phase":"3 nodes RF=3 produce acks=all, 1 KiB",/'
 # 3b. Transactions of 100 records (100 B each): a transactional producer committing after
 # every 100 records, same topic settings as phase 1 (compare with its records/s).
-bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))" \
+bench --mode produce --topic rf3-txn --partitions 6 --records "$((RECORDS / 10))" "${NODES[@]}" \
   --record-size 100 --acks all --linger-ms 5 --txn-records 100 |
   sed 's/^{/{"phase":"3 nodes RF=3 transactional, 100 records per transaction, 100 B",/'
-bench --mode produce --topic rf3-txn8 --partitions 6 --records "$((RECORDS / 5))" \
+bench --mode produce --topic rf3-txn8 --partitions 6 --records "$((RECORDS / 5))" "${NODES[@]}" \
   --record-size 100 --acks all --linger-ms 5 --txn-records 100 --producers 8 |
   sed 's/^{/{"phase":"3 nodes RF=3 transactional, 8 producers, 100 records per transaction",/'
 # 4. Consume back what phase 1 wrote (from the leaders).

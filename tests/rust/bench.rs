@@ -101,9 +101,10 @@ struct Args {
     /// produce, consume (all partitions from the beginning), or both (produce, then consume).
     #[arg(long, value_enum, default_value_t = Mode::Produce)]
     mode: Mode,
-    /// Broker process id, to report its CPU time and peak RSS from /proc.
+    /// Broker process id, to report its CPU time and peak RSS from /proc (repeatable: the
+    /// nodes of a cluster, their CPU times summed, the largest RSS).
     #[arg(long)]
-    broker_pid: Option<u32>,
+    broker_pid: Vec<u32>,
     /// Extra librdkafka property for the producer, `key=value` (repeatable).
     #[arg(short = 'X', long = "producer-prop", value_parser = parse_kv)]
     producer_props: Vec<(String, String)>,
@@ -326,16 +327,24 @@ impl ProducerContext for BenchContext {
 /// Runs `--producers` producers side by side (each `records / producers` records, its own
 /// transactional id) and prints one line for all: records/s over the longest run, the
 /// largest of their latency percentiles.
+///
+/// The line (one producer's too) gains the bench's own CPU time (`client_cpu_s`: every thread of this process, the
+/// librdkafka ones included, from creating the producers to the last delivery report), per
+/// million records and, for transactions, per transaction: on a machine the client shares
+/// with the brokers, what the client takes bounds what they get.
 fn produce_all(args: &Args) -> anyhow::Result<bool> {
+    let client_before = proc_stats(std::process::id())?;
     if args.producers <= 1 {
-        let (out, ok) = produce(args, 0)?;
+        let (mut out, ok) = produce(args, 0)?;
+        add_client_stats(&mut out, client_before)?;
         println!("{out}");
         return Ok(ok);
     }
+    let brokers_before = brokers_stats(&args.broker_pid)?;
     let mut each = Args::clone(args);
     each.records = args.records / args.producers as u64;
     each.report_secs = 0;
-    each.broker_pid = None;
+    each.broker_pid = Vec::new();
     let results: Vec<anyhow::Result<(serde_json::Value, bool)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.producers)
             .map(|k| {
@@ -359,7 +368,7 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
     let records: f64 = outs.iter().map(|o| num(o, "records")).sum();
     let elapsed = outs.iter().map(|o| num(o, "elapsed_s")).fold(0.0, f64::max);
     let worst = |k: &str| outs.iter().map(|o| num(o, k)).fold(0.0, f64::max);
-    let out = json!({
+    let mut out = json!({
         "mode": "produce",
         "producers": args.producers,
         "records": records,
@@ -378,6 +387,9 @@ fn produce_all(args: &Args) -> anyhow::Result<bool> {
         "transactions": outs.iter().map(|o| num(o, "transactions")).sum::<f64>(),
         "topic": args.topic,
     });
+    let brokers_after = brokers_stats(&args.broker_pid)?;
+    add_broker_stats(&mut out, brokers_before, brokers_after, records as u64);
+    add_client_stats(&mut out, client_before)?;
     println!("{out}");
     Ok(ok)
 }
@@ -488,7 +500,7 @@ fn produce_with(
     let payload: Vec<u8> = (0..args.record_size)
         .map(|_| rng.gen_range(b'A'..=b'Z'))
         .collect();
-    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_before = brokers_stats(&args.broker_pid)?;
     let ctx = producer.context();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
@@ -560,7 +572,7 @@ fn produce_with(
         progress.tick("produce", ctx.acked.load(Ordering::Relaxed), started);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_after = brokers_stats(&args.broker_pid)?;
 
     let acked = ctx.acked.load(Ordering::Relaxed);
     let failed = ctx.failed.load(Ordering::Relaxed);
@@ -636,7 +648,7 @@ fn consume(args: &Args) -> anyhow::Result<bool> {
             .context("assignment")?;
     }
 
-    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_before = brokers_stats(&args.broker_pid)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     consumer.assign(&tpl).context("assign")?;
@@ -659,7 +671,7 @@ fn consume(args: &Args) -> anyhow::Result<bool> {
         progress.tick("consume", n, started);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_after = brokers_stats(&args.broker_pid)?;
     let mut out = json!({
         "mode": "consume",
         "records": n,
@@ -717,7 +729,7 @@ fn commit(args: &Args) -> anyhow::Result<bool> {
     let mut hist = Histogram::new();
     let mut errors = 0u64;
     let mut first_error = None;
-    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_before = brokers_stats(&args.broker_pid)?;
     let started = Instant::now();
     let mut progress = Progress::new(args.report_secs);
     for i in 1..=args.commits {
@@ -752,7 +764,7 @@ fn commit(args: &Args) -> anyhow::Result<bool> {
         progress.tick("commit", i, started);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_after = brokers_stats(&args.broker_pid)?;
 
     // The last commit must be what the group reads back.
     let committed = consumer
@@ -974,7 +986,7 @@ fn rebalance(args: &Args) -> anyhow::Result<bool> {
         changed: Condvar::new(),
     });
     let timeout = Duration::from_secs(args.timeout_secs.min(120));
-    let broker_before = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_before = brokers_stats(&args.broker_pid)?;
 
     let mut threads = Vec::new();
     let started = Instant::now();
@@ -1017,7 +1029,7 @@ fn rebalance(args: &Args) -> anyhow::Result<bool> {
         eprintln!("round {round}: member {idx} joined; rebalanced in {ms:.0} ms");
         rejoin_ms.push(ms);
     }
-    let broker_after = args.broker_pid.map(proc_stats).transpose()?;
+    let broker_after = brokers_stats(&args.broker_pid)?;
     {
         let mut g = shared.group.lock().expect("group lock");
         for (i, l) in g.leave.iter_mut().enumerate() {
@@ -1165,6 +1177,35 @@ fn clock_ticks_per_sec() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|v| *v > 0.0)
         .unwrap_or(100.0)
+}
+
+/// The CPU and memory of the brokers in `pids` (None for none): CPU times summed, the
+/// largest RSS and peak RSS.
+fn brokers_stats(pids: &[u32]) -> anyhow::Result<Option<ProcStats>> {
+    let mut all: Option<ProcStats> = None;
+    for &pid in pids {
+        let s = proc_stats(pid)?;
+        all = Some(match all {
+            None => s,
+            Some(a) => ProcStats {
+                cpu_s: a.cpu_s + s.cpu_s,
+                hwm_kib: a.hwm_kib.max(s.hwm_kib),
+                rss_kib: a.rss_kib.max(s.rss_kib),
+            },
+        });
+    }
+    Ok(all)
+}
+
+/// Adds this process's CPU time since `before` to a produce result (see [`produce_all`]).
+fn add_client_stats(out: &mut serde_json::Value, before: ProcStats) -> anyhow::Result<()> {
+    let cpu = proc_stats(std::process::id())?.cpu_s - before.cpu_s;
+    let records = out["records"].as_f64().unwrap_or(0.0);
+    let txns = out["transactions"].as_f64().unwrap_or(0.0);
+    out["client_cpu_s"] = json!(round(cpu, 3));
+    out["client_cpu_s_per_million"] = json!((records > 0.0).then(|| round(cpu / records * 1e6, 3)));
+    out["client_cpu_ms_per_txn"] = json!((txns > 0.0).then(|| round(cpu / txns * 1e3, 3)));
+    Ok(())
 }
 
 fn add_broker_stats(
