@@ -24,6 +24,51 @@ fn describe(raw: &mut Raw, id: &str) -> describe_transactions_response::Transact
     r.transaction_states.into_iter().next().expect("one state")
 }
 
+/// InitProducerId (v4) for transactional id `id`.
+fn init_txn(raw: &mut Raw, id: &str, timeout_ms: i32) -> InitProducerIdResponse {
+    raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(s(id))))
+            .with_transaction_timeout_ms(timeout_ms)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    )
+}
+
+/// AddPartitionsToTxn (v3) of partition 0 of `topic`; its error code.
+fn add_partition(raw: &mut Raw, id: &str, pid: ProducerId, epoch: i16, topic: &str) -> i16 {
+    let r: AddPartitionsToTxnResponse = raw.call(
+        ApiKey::AddPartitionsToTxn,
+        3,
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(s(id)))
+            .with_v3_and_below_producer_id(pid)
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partitions(vec![0]),
+            ]),
+    );
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+/// EndTxn (v3); its error code.
+fn end_txn(raw: &mut Raw, id: &str, pid: ProducerId, epoch: i16, commit: bool) -> i16 {
+    let r: EndTxnResponse = raw.call(
+        ApiKey::EndTxn,
+        3,
+        &EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(s(id)))
+            .with_producer_id(pid)
+            .with_producer_epoch(epoch)
+            .with_committed(commit),
+    );
+    r.error_code
+}
+
 /// The state of `id` once its transaction's markers are written: EndTxn is answered once the
 /// decision (Prepare) is committed, as in Kafka, and the markers follow.
 fn completed(raw: &mut Raw, id: &str) -> describe_transactions_response::TransactionState {
@@ -146,34 +191,16 @@ async fn coordinator_requests_get_kafka_error_codes() {
     let node = Node::start_default();
     create_topic(&node.bootstrap(), "raw-txn-topic", 1, &[]).await;
     let mut raw = Raw::connect(node.kafka_addr());
-    let id = TransactionalId(s("raw-txn"));
-
+    let id = "raw-txn";
     // A timeout above transaction.max.timeout.ms is refused.
-    let r: InitProducerIdResponse = raw.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(Some(id.clone()))
-            .with_transaction_timeout_ms(3_600_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+    assert_eq!(
+        init_txn(&mut raw, id, 3_600_000).error_code,
+        50,
+        "INVALID_TRANSACTION_TIMEOUT"
     );
-    assert_eq!(r.error_code, 50, "INVALID_TRANSACTION_TIMEOUT");
-
-    let init = |raw: &mut Raw| -> InitProducerIdResponse {
-        raw.call(
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(Some(id.clone()))
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        )
-    };
-    let first = init(&mut raw);
+    let first = init_txn(&mut raw, id, 60_000);
     assert_eq!(first.error_code, 0);
-    let second = init(&mut raw);
+    let second = init_txn(&mut raw, id, 60_000);
     assert_eq!(second.error_code, 0);
     assert_eq!(second.producer_id, first.producer_id);
     assert_eq!(
@@ -182,58 +209,31 @@ async fn coordinator_requests_get_kafka_error_codes() {
         "epoch bumped"
     );
 
-    let add = |raw: &mut Raw, pid: ProducerId, epoch: i16, topic: &str| -> i16 {
-        let r: AddPartitionsToTxnResponse = raw.call(
-            ApiKey::AddPartitionsToTxn,
-            3,
-            &AddPartitionsToTxnRequest::default()
-                .with_v3_and_below_transactional_id(id.clone())
-                .with_v3_and_below_producer_id(pid)
-                .with_v3_and_below_producer_epoch(epoch)
-                .with_v3_and_below_topics(vec![
-                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                        .with_name(TopicName(s(topic)))
-                        .with_partitions(vec![0]),
-                ]),
-        );
-        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
-    };
     // The fenced epoch, a wrong producer id, an unknown topic.
     let t = "raw-txn-topic";
+    let add = add_partition;
     assert_eq!(
-        add(&mut raw, first.producer_id, first.producer_epoch, t),
+        add(&mut raw, id, first.producer_id, first.producer_epoch, t),
         90
     );
     let other = ProducerId(first.producer_id.0 + 7);
-    assert_eq!(add(&mut raw, other, second.producer_epoch, t), 49);
-    assert_eq!(
-        add(
-            &mut raw,
-            second.producer_id,
-            second.producer_epoch,
-            "no-such-topic"
-        ),
-        3
-    );
+    assert_eq!(add(&mut raw, id, other, second.producer_epoch, t), 49);
+    let (pid, epoch) = (second.producer_id, second.producer_epoch);
+    assert_eq!(add(&mut raw, id, pid, epoch, "no-such-topic"), 3);
 
     // EndTxn without a transaction is an invalid state transition.
-    let r: EndTxnResponse = raw.call(
-        ApiKey::EndTxn,
-        3,
-        &EndTxnRequest::default()
-            .with_transactional_id(id.clone())
-            .with_producer_id(second.producer_id)
-            .with_producer_epoch(second.producer_epoch)
-            .with_committed(true),
+    assert_eq!(
+        end_txn(&mut raw, id, pid, epoch, true),
+        48,
+        "INVALID_TXN_STATE"
     );
-    assert_eq!(r.error_code, 48, "INVALID_TXN_STATE");
 
     // FindCoordinator for a transactional id answers this node.
     let r: FindCoordinatorResponse = raw.call(
         ApiKey::FindCoordinator,
         3,
         &FindCoordinatorRequest::default()
-            .with_key(s("raw-txn"))
+            .with_key(s(id))
             .with_key_type(1),
     );
     assert_eq!(r.error_code, 0);
@@ -422,45 +422,16 @@ async fn the_next_transaction_waits_for_the_markers_of_the_last() {
     let node = Node::start_default();
     create_topic(&node.bootstrap(), "txn-back-to-back", 1, &[]).await;
     let mut raw = Raw::connect(node.kafka_addr());
-    let id = TransactionalId(s("txn-back-to-back"));
-    let init: InitProducerIdResponse = raw.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(Some(id.clone()))
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
+    let id = "txn-back-to-back";
+    let init = init_txn(&mut raw, id, 60_000);
     assert_eq!(init.error_code, 0);
     let (pid, epoch) = (init.producer_id, init.producer_epoch);
     const ROUNDS: i64 = 20;
     for round in 0..ROUNDS {
-        let r: AddPartitionsToTxnResponse = raw.call(
-            ApiKey::AddPartitionsToTxn,
-            3,
-            &AddPartitionsToTxnRequest::default()
-                .with_v3_and_below_transactional_id(id.clone())
-                .with_v3_and_below_producer_id(pid)
-                .with_v3_and_below_producer_epoch(epoch)
-                .with_v3_and_below_topics(vec![
-                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                        .with_name(TopicName(s("txn-back-to-back")))
-                        .with_partitions(vec![0]),
-                ]),
-        );
-        let code = r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code;
+        let code = add_partition(&mut raw, id, pid, epoch, id);
         assert_eq!(code, 0, "AddPartitionsToTxn of round {round}");
-        let r: EndTxnResponse = raw.call(
-            ApiKey::EndTxn,
-            3,
-            &EndTxnRequest::default()
-                .with_transactional_id(id.clone())
-                .with_producer_id(pid)
-                .with_producer_epoch(epoch)
-                .with_committed(true),
-        );
-        assert_eq!(r.error_code, 0, "EndTxn of round {round}");
+        let code = end_txn(&mut raw, id, pid, epoch, true);
+        assert_eq!(code, 0, "EndTxn of round {round}");
     }
     // One commit marker per transaction, and nothing left open.
     assert_eq!(

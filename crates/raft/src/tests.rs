@@ -150,6 +150,12 @@ fn batch(records: i32, seed: u64) -> BytesMut {
     BytesMut::from(&build_batch(0, records, 1_000, 16, seed)[..])
 }
 
+/// Commits one batch of `records` records on `p` (the leader): its (base offset, records).
+async fn commit(p: &Partition, records: i32, seed: u64) -> (i64, i32) {
+    let out = p.propose(vec![batch(records, seed)]).await.expect("commit");
+    (offsets(&out)[0], records)
+}
+
 fn offsets(out: &[ProposeOutcome]) -> Vec<i64> {
     out.iter()
         .map(|o| match o {
@@ -251,12 +257,7 @@ async fn leader_kill_elects_new_leader_and_keeps_acknowledged_data() {
     let first = c.leader(None).await;
     let mut acked = Vec::new();
     for i in 0..10u64 {
-        let out = c
-            .part(first)
-            .propose(vec![batch(2, i)])
-            .await
-            .expect("commit");
-        acked.push((offsets(&out)[0], 2));
+        acked.push(commit(c.part(first), 2, i).await);
     }
     c.stop(first).await;
     let t0 = std::time::Instant::now();
@@ -282,6 +283,35 @@ async fn leader_kill_elects_new_leader_and_keeps_acknowledged_data() {
     c.start(first);
     for id in 1..=3 {
         wait_hw(c.part(id), 23).await;
+        assert_eq!(contents(c.part(id)), acked, "replica {id}");
+    }
+}
+
+/// A follower killed: the leader goes on committing with the other follower (a majority)
+/// and keeps its leadership; the follower, started again on its data, catches up to the
+/// same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_kill_keeps_commits_going_and_the_follower_catches_up() {
+    let mut c = Cluster::new(3);
+    let leader = c.leader(None).await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    let mut acked = Vec::new();
+    for i in 0..5u64 {
+        acked.push(commit(c.part(leader), 2, i).await);
+    }
+    c.stop(follower).await;
+    for i in 5..10u64 {
+        let done = tokio::time::timeout(Duration::from_secs(10), commit(c.part(leader), 2, i));
+        acked.push(done.await.expect("commits go on without the follower"));
+    }
+    assert_eq!(
+        c.leader(None).await,
+        leader,
+        "losing a follower moved leadership"
+    );
+    c.start(follower);
+    for id in 1..=3 {
+        wait_hw(c.part(id), 20).await;
         assert_eq!(contents(c.part(id)), acked, "replica {id}");
     }
 }
