@@ -328,10 +328,10 @@ impl ProducerContext for BenchContext {
 /// transactional id) and prints one line for all: records/s over the longest run, the
 /// largest of their latency percentiles.
 ///
-/// The line (one producer's too) gains the bench's own CPU time (`client_cpu_s`: every thread of this process, the
-/// librdkafka ones included, from creating the producers to the last delivery report), per
-/// million records and, for transactions, per transaction: on a machine the client shares
-/// with the brokers, what the client takes bounds what they get.
+/// The line (one producer's too) gains the bench's own CPU time (`client_cpu_s`: every
+/// thread of this process, the librdkafka ones included, from creating the producers to the
+/// last delivery report), per million records and, for transactions, per transaction: on a
+/// machine the client shares with the brokers, what the client takes bounds what they get.
 fn produce_all(args: &Args) -> anyhow::Result<bool> {
     let client_before = proc_stats(std::process::id())?;
     if args.producers <= 1 {

@@ -344,7 +344,6 @@ impl Broker {
         self.ready.store(ready, Ordering::Release)
     }
 
-    /// Commits what is queued and closes every partition log (clean shutdown).
     /// Shutdown has begun (the listeners stop reading requests): requests that wait for
     /// other clients, group joins and syncs, are answered now, so that every connection
     /// can answer what it has read and close.
@@ -353,6 +352,7 @@ impl Broker {
         self.groups.stop_serving();
     }
 
+    /// Commits what is queued and closes every partition log (clean shutdown).
     pub async fn shutdown(&self) {
         self.set_ready(false);
         self.topics.close_all().await;

@@ -756,6 +756,11 @@ impl Coordinator {
     pub fn stop_serving(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
+        self.release_all_waiters();
+    }
+
+    /// Answers every member waiting in a JoinGroup or SyncGroup NOT_COORDINATOR.
+    fn release_all_waiters(&self) {
         let mut st = self.state.lock();
         for g in st.groups.values_mut() {
             release_waiters(g);
@@ -2194,7 +2199,7 @@ async fn tick_loop(c: Weak<Coordinator>) {
         let Some(c) = c.upgrade() else { return };
         if c.stopping.load(std::sync::atomic::Ordering::Acquire) {
             // A join that passed its check just before shutdown began and waits now.
-            c.stop_serving();
+            c.release_all_waiters();
             continue;
         }
         let now = Instant::now();
