@@ -17,16 +17,63 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster_helpers import BOOTSTRAP, SCRIPT, claimed_leader, local_cluster
+from cluster_helpers import BOOTSTRAP, NODES, SCRIPT, claimed_leader, local_cluster
 import replica_logs
 
 TOPIC = "failover-%d" % int(time.time())
 KILLS = int(os.environ.get("FAILOVER_KILLS", "3"))
 RATE = 2000  # records per second
+SLOW = 3.0  # a failover slower than this (issue 3's target) has its timeline printed
+# "leader": kill the settled leader, restart it, again. "restarted": after each restart also
+# kill the leader that took over while the restarted node is seconds old, so that the new
+# leader is a node clients saw die moments ago.
+SCENARIO = os.environ.get("FAILOVER_SCENARIO", "leader")
 
 
 def leader_of(partition):
     return claimed_leader(TOPIC, partition)
+
+
+def node_log_lines(node, since, until):
+    """Lines of node N's log stamped in [since, until] (tracing's RFC 3339 UTC stamps)."""
+    from datetime import datetime, timezone
+    path = os.path.join(os.environ.get("SLUICE_LOCAL_DIR", "."), "node-%d.log" % node)
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    stamp = datetime.strptime(line[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
+                        tzinfo=timezone.utc).timestamp()
+                except ValueError:
+                    continue
+                if since <= stamp <= until:
+                    out.append((stamp, "node %d: %s" % (node, line.rstrip()[27:])))
+    except OSError:
+        pass
+    return out
+
+
+def print_timeline(eos_log, victim, since, until):
+    """What the producer and the nodes logged from a slow failover's kill to its first ack,
+    in time order, as seconds after the kill."""
+    lines = []
+    with open(eos_log, errors="replace") as f:
+        for line in f:
+            stamp, _, rest = line.partition(" ")
+            try:
+                t = float(stamp)
+            except ValueError:
+                continue
+            if since <= t <= until + 0.2:
+                lines.append((t, "client: " + rest.rstrip()[:300]))
+    for node in NODES:
+        lines.extend(node_log_lines(node, since, until + 0.2))
+    lines.sort()
+    print("timeline of the %.2f s failover after killing node %d (first 150 lines):" % (
+        until - since, victim))
+    for t, l in lines[:150]:
+        print("  +%.3f %s" % (t - since, l))
 
 
 def main():
@@ -39,7 +86,8 @@ def main():
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     handler = logging.FileHandler(eos_log, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    # Seconds since the epoch, to set the client's lines beside the kill times.
+    handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
     logger.addHandler(handler)
     producer = Producer({
         "bootstrap.servers": BOOTSTRAP,
@@ -47,9 +95,9 @@ def main():
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": 120000,
-        # FAILOVER_CLIENT_DEBUG adds contexts (e.g. "eos,metadata,broker,topic") to trace
-        # where a slow failover's time goes on the client's side.
-        "debug": os.environ.get("FAILOVER_CLIENT_DEBUG", "eos"),
+        # Enough of the client's story to tell where a slow failover's time went (printed
+        # for any failover over SLOW seconds); FAILOVER_CLIENT_DEBUG changes the contexts.
+        "debug": os.environ.get("FAILOVER_CLIENT_DEBUG", "eos,metadata,topic,broker"),
     }, logger=logger)
     acked = {}  # partition -> [seq in ack order]
     ack_times = {}  # partition -> [time of ack]
@@ -82,9 +130,11 @@ def main():
     t = threading.Thread(target=produce)
     t.start()
     failovers = []
+    recent_wins = []  # "restarted": the restarted node won the election after the kill
+    slow = []  # (victim, killed at, first ack or give-up time) of failovers over SLOW s
     try:
         time.sleep(2)
-        for _ in range(KILLS):
+        def settled_leader():
             # The leader once it has settled: the same node claims it for a second. Right
             # after a restart the preferred replica takes leadership back, and a victim read
             # during that handover may no longer lead when killed (its "failover" then
@@ -96,10 +146,12 @@ def main():
                 if now is None or now != victim:
                     victim, since = now, time.time()
                 elif time.time() - since >= 1.0:
-                    break
+                    return victim
                 time.sleep(0.1)
-            else:
-                raise SystemExit("FAIL: partition 0 has no settled leader (last seen: %s)" % victim)
+            raise SystemExit("FAIL: partition 0 has no settled leader (last seen: %s)" % victim)
+
+        def kill_leader(victim, note=""):
+            """SIGKILL the leader of partition 0; the node elected in its place."""
             # The instant of the SIGKILL as the script prints it: starting the script can
             # take longer than the 50 ms grace below on a loaded machine, and acks the
             # victim sent before it died then counted as the first on the new leader.
@@ -118,11 +170,37 @@ def main():
                     first = next((x for x in ack_times.get(0, []) if x > killed_at + 0.05), None)
                 time.sleep(0.05)
             failovers.append(None if first is None else first - killed_at)
-            print("killed node %d; new leader %s; first ack on partition 0 after %s s" % (
-                victim, "node %d after %.2f s" % elected if elected else "not seen",
+            if first is None or first - killed_at > SLOW:
+                slow.append((victim, killed_at, first or time.time()))
+            print("killed node %d%s; new leader %s; first ack on partition 0 after %s s" % (
+                victim, note, "node %d after %.2f s" % elected if elected else "not seen",
                 "never" if first is None else "%.2f" % (first - killed_at)), flush=True)
+            return elected[0] if elected else None
+
+        for _ in range(KILLS):
+            victim = settled_leader()
+            kill_leader(victim)
             time.sleep(1)
             local_cluster("start", victim)
+            started = time.time()
+            if SCENARIO == "restarted":
+                # The next leader should be the node just restarted: the third node is
+                # restarted after it, so it campaigns later (a node up for less time waits
+                # longer), and the leader is killed while the first is still recent.
+                leader = leader_of(0)
+                third = next(n for n in NODES if n not in (victim, leader))
+                local_cluster("kill", third)
+                local_cluster("start", third)
+                third_started = time.time()
+                time.sleep(max(0.0, started + 4 - time.time()))
+                if leader_of(0) == leader and leader is not None:
+                    new = kill_leader(leader, " (node %d restarted %.1f s ago, node %d %.1f s ago)"
+                                      % (victim, time.time() - started, third,
+                                         time.time() - third_started))
+                    if new == victim:
+                        recent_wins.append(victim)
+                    time.sleep(1)
+                    local_cluster("start", leader)
             time.sleep(2)
     finally:
         stop.set()
@@ -171,6 +249,10 @@ def main():
         print("producer idempotence events (%s), first 20:" % eos_log)
         for l in notable[:20]:
             print("  " + l)
+    if SCENARIO == "restarted":
+        print("the node restarted seconds before won the next election %d time(s)" % len(recent_wins))
+    for victim, since, until in slow:
+        print_timeline(eos_log, victim, since, until)
     if errors:
         print("delivery errors (first 5):", errors[:5])
         ok = False

@@ -66,17 +66,39 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(2);
 /// pings leaves at once.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
-/// For this long after it restarts, a node campaigns later than others (and the others give
-/// it no head start as the preferred replica, nor hand leadership back to it): up to
-/// [`RECENT_START_DELAY`] right after the start, less as it has run longer (so of two
-/// replicas restarted recently, the one up for longer campaigns first).
+/// For this long after it restarts, a node campaigns later than others, on every attempt
+/// (and the others give it no head start as the preferred replica, nor hand leadership back
+/// to it). Clients that saw it die back their reconnects to it off: librdkafka doubles its
+/// reconnect backoff on every lost or refused connection up to 10 s and resets it only
+/// after 10 s without one, so a client whose connection to a node was cut by its kill
+/// waits up to 10 s before it connects again, whether the node is back or not, and a
+/// leader there stalls it that long.
 const RECENT_START: Duration = Duration::from_secs(10);
+/// How much later a recently restarted node campaigns, at least: a long-running replica's
+/// first campaign and its retry both come first (each up to [`RETRY_AFTER`] and the
+/// jitter apart), so a first round that found a voter still holding its lease on the dead
+/// leader does not hand the election to the restarted node.
+const RECENT_START_MIN_DELAY: Duration =
+    Duration::from_millis(RETRY_AFTER.as_millis() as u64 + 2 * JITTER_MS);
+/// On top of [`RECENT_START_MIN_DELAY`]: up to this much right after the start, less as it
+/// has run longer, so of two replicas restarted recently the one up for longer campaigns
+/// first.
 const RECENT_START_DELAY: Duration = Duration::from_millis(800);
 
 /// How much later than a long-running replica a node up for `uptime` after a restart
-/// campaigns.
-fn restart_delay(uptime: Duration) -> Duration {
-    RECENT_START_DELAY.mul_f64(1.0 - uptime.div_duration_f64(RECENT_START).min(1.0))
+/// campaigns. `settled_rival`: another live replica of the group has run for a while and
+/// could win instead; without one, only the graded part applies (the replicas left are all
+/// recent, and the one up for longer still goes first).
+fn restart_delay(uptime: Duration, settled_rival: bool) -> Duration {
+    if uptime >= RECENT_START {
+        return Duration::ZERO;
+    }
+    let graded = RECENT_START_DELAY.mul_f64(1.0 - uptime.div_duration_f64(RECENT_START));
+    if settled_rival {
+        RECENT_START_MIN_DELAY + graded
+    } else {
+        graded
+    }
 }
 
 /// Random extra delay before campaigning, so that replicas rarely campaign at once.
@@ -234,7 +256,7 @@ async fn run(
         handed.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         lease_dropped.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         for (key, raft, preferred) in groups {
-            let (leader, caught_up_followers, term, new_group) = {
+            let (leader, caught_up_followers, term, new_group, voters) = {
                 let m = raft.metrics();
                 let m = m.borrow_watched();
                 // Followers that have every entry of the leader's log.
@@ -286,11 +308,13 @@ async fn run(
                 // openraft's initialisation writes the membership at index 0 and a new
                 // leader's first entry comes after it.
                 let new_group = m.last_log_index.is_none_or(|i| i == 0);
+                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 (
                     m.current_leader,
                     caught_up_followers,
                     m.current_term,
                     new_group,
+                    voters,
                 )
             };
             let preferred_caught_up = preferred.is_some_and(|p| caught_up_followers.contains(&p));
@@ -376,9 +400,17 @@ async fn run(
             // them. It still campaigns, a little later, if no other replica wins. Of two
             // replicas restarted recently, the one up for longer goes first: clients are more
             // likely to have reconnected to it.
-            if restarted {
-                wait += restart_delay(now.saturating_duration_since(start));
-            }
+            // A live replica of the group that has run for a while (this node has not seen
+            // it come back in the last RECENT_START) could win instead of this one.
+            let settled_rival = voters
+                .iter()
+                .any(|v| *v != node.id && Some(*v) != leader && settled(*v));
+            let delay = if restarted {
+                restart_delay(now.saturating_duration_since(start), settled_rival)
+            } else {
+                Duration::ZERO
+            };
+            wait += delay;
             // The preferred replica, when it is up, campaigns first: a new topic's partitions
             // (and a group whose leader died while the preferred one was up) get their
             // preferred leader at once, not a leader that balancing moves 5 s later, with a
@@ -408,7 +440,8 @@ async fn run(
                 let retry = if first_of_new {
                     PING_EVERY
                 } else {
-                    RETRY_AFTER + jitter()
+                    // Behind the long-running replicas' retries too.
+                    RETRY_AFTER + jitter() + delay
                 };
                 due.insert(key.clone(), at + retry);
                 let delay = at.saturating_duration_since(now);
@@ -443,17 +476,33 @@ mod tests {
 
     #[test]
     fn a_restarted_node_campaigns_later_the_fresher_its_restart() {
-        assert_eq!(restart_delay(Duration::ZERO), RECENT_START_DELAY);
-        assert_eq!(restart_delay(RECENT_START), Duration::ZERO);
-        assert_eq!(restart_delay(RECENT_START * 3), Duration::ZERO);
-        let (fresh, older) = (
-            restart_delay(Duration::from_secs(3)),
-            restart_delay(Duration::from_secs(7)),
-        );
-        // Further apart than the random jitter, so the replica up for longer goes first.
+        for rival in [true, false] {
+            let base = if rival {
+                RECENT_START_MIN_DELAY
+            } else {
+                Duration::ZERO
+            };
+            assert_eq!(
+                restart_delay(Duration::ZERO, rival),
+                base + RECENT_START_DELAY
+            );
+            assert_eq!(restart_delay(RECENT_START, rival), Duration::ZERO);
+            assert_eq!(restart_delay(RECENT_START * 3, rival), Duration::ZERO);
+            let (fresh, older) = (
+                restart_delay(Duration::from_secs(3), rival),
+                restart_delay(Duration::from_secs(7), rival),
+            );
+            // Further apart than the random jitter, so the replica up for longer goes first.
+            assert!(
+                fresh > older + Duration::from_millis(JITTER_MS),
+                "{fresh:?} {older:?}"
+            );
+        }
+        // With a long-running rival: behind its first campaign and its retry until the
+        // window ends.
         assert!(
-            fresh > older + Duration::from_millis(JITTER_MS),
-            "{fresh:?} {older:?}"
+            restart_delay(RECENT_START - Duration::from_millis(1), true)
+                >= RETRY_AFTER + Duration::from_millis(2 * JITTER_MS)
         );
     }
 }
