@@ -5,7 +5,11 @@ three partitions and replication factor 3, produces numbered records at a steady
 while it runs repeatedly SIGKILLs the node leading partition 0 and starts it again. Then
 every acknowledged record must be read back exactly once, in production order within its
 partition. Prints the time from each kill to the first acknowledged write on partition 0
-after it.
+after it, and for a failover over 3 s what the producer and the nodes logged meanwhile.
+
+FAILOVER_SCENARIO=restarted adds a second kill to each round: the leader that took over is
+killed while the first victim has been back for 4 s, so that the new leader is a node that
+clients saw die seconds ago (and are still backing their reconnects off from).
 """
 import logging
 import os

@@ -32,6 +32,11 @@ if ! "$PY" "$ROOT/tests/cluster/failover.py"; then
     dump_logs
     exit 1
 fi
+echo "==> failover onto a node restarted seconds before (two kills per round)"
+if ! FAILOVER_SCENARIO=restarted FAILOVER_KILLS=2 "$PY" "$ROOT/tests/cluster/failover.py"; then
+    dump_logs
+    exit 1
+fi
 echo "==> in-sync replicas and min.insync.replicas with a follower killed"
 if ! "$PY" "$ROOT/tests/cluster/isr.py"; then
     dump_logs
