@@ -164,6 +164,12 @@ async fn run(
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let start = Instant::now();
+    if restarted {
+        node.registry.set_recent_until(start + RECENT_START);
+    }
+    // Peers whose last answered ping said they restarted recently: a peer this node never
+    // saw go down (it restarted before this node did) tells it so itself.
+    let says_recent: Arc<Mutex<std::collections::HashSet<NodeId>>> = Arc::default();
     // Per peer: its last answered ping, and whether its last ping was refused. Peers count as
     // alive at start: groups learn their leaders first.
     let seen: Arc<Mutex<HashMap<NodeId, (Instant, bool)>>> = Arc::new(Mutex::new(
@@ -197,11 +203,19 @@ async fn run(
                 .router
                 .call(*p, Bytes::new(), PING, Bytes::new(), PING_EVERY * 3);
             let seen = seen.clone();
+            let says_recent = says_recent.clone();
             let registry = node.registry.clone();
             let p = *p;
             tokio::spawn(async move {
                 let r = call.await;
                 let ok = r.is_ok();
+                if let Ok(body) = &r {
+                    if body.first() == Some(&1) {
+                        says_recent.lock().insert(p);
+                    } else {
+                        says_recent.lock().remove(&p);
+                    }
+                }
                 {
                     let mut seen = seen.lock();
                     let entry = seen.entry(p).or_insert((Instant::now(), false));
@@ -248,7 +262,8 @@ async fn run(
         back.retain(|_, t| now.saturating_duration_since(*t) < RECENT_START);
         // Up for a while: clients that saw it go down have had time to reconnect to it
         // (librdkafka backs its reconnects off towards 10 s), so leading there stalls nobody.
-        let settled = |p: NodeId| alive(p) && !back.contains_key(&p);
+        let settled =
+            |p: NodeId| alive(p) && !back.contains_key(&p) && !says_recent.lock().contains(&p);
         let groups = node.registry.all();
         due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         caught_up.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
@@ -473,6 +488,17 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pings_tell_whether_the_node_restarted_recently() {
+        let registry = crate::network::Registry::default();
+        let ping = |r: &crate::network::Registry| r.handle(Bytes::new(), PING, Bytes::new());
+        assert_eq!(ping(&registry).await.unwrap(), Bytes::from_static(&[0]));
+        registry.set_recent_until(Instant::now() + RECENT_START);
+        assert_eq!(ping(&registry).await.unwrap(), Bytes::from_static(&[1]));
+        registry.set_recent_until(Instant::now());
+        assert_eq!(ping(&registry).await.unwrap(), Bytes::from_static(&[0]));
+    }
 
     #[test]
     fn a_restarted_node_campaigns_later_the_fresher_its_restart() {

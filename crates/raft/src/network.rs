@@ -106,9 +106,17 @@ pub struct Registry {
     gone: Arc<RwLock<std::collections::HashSet<NodeId>>>,
     /// The node's way to its peers, to probe a leader a vote request says is gone.
     router: Arc<std::sync::OnceLock<Arc<dyn Router>>>,
+    /// Until when this node counts as recently restarted (it rejoined with data), as its
+    /// answers to [`PING`] tell its peers; set by the liveness task.
+    recent_until: Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Registry {
+    /// This node counts as recently restarted until `until` (see [`PING`]).
+    pub(crate) fn set_recent_until(&self, until: tokio::time::Instant) {
+        *self.recent_until.lock() = Some(until);
+    }
+
     /// Serves [`FORWARD`] calls naming `group` with `f` (e.g. proposals sent to the leader
     /// by other nodes).
     pub fn set_forwarder(&self, group: impl Into<Bytes>, f: Forwarder) {
@@ -202,7 +210,16 @@ impl Registry {
     /// Handles one incoming call. The answer is `Ok(encoded response)` or `Err(reason)`.
     pub fn handle(&self, group: Bytes, method: u8, body: Bytes) -> BoxFut<Result<Bytes, String>> {
         if method == PING {
-            return Box::pin(async { Ok(Bytes::new()) });
+            // One byte: 1 while this node is recently restarted (clients that saw it die may
+            // still be backing off their reconnects to it), else 0. An empty answer (a node
+            // of an earlier version) counts as 0.
+            let recent = self
+                .recent_until
+                .lock()
+                .is_some_and(|t| tokio::time::Instant::now() < t);
+            return Box::pin(
+                async move { Ok(Bytes::from_static(if recent { &[1] } else { &[0] })) },
+            );
         }
         if method == FORWARD {
             let f = self.forwarders.read().get(&group).cloned();
