@@ -211,15 +211,17 @@ async fn coordinator_requests_get_kafka_error_codes() {
 
     // The fenced epoch, a wrong producer id, an unknown topic.
     let t = "raw-txn-topic";
-    let add = add_partition;
     assert_eq!(
-        add(&mut raw, id, first.producer_id, first.producer_epoch, t),
+        add_partition(&mut raw, id, first.producer_id, first.producer_epoch, t),
         90
     );
     let other = ProducerId(first.producer_id.0 + 7);
-    assert_eq!(add(&mut raw, id, other, second.producer_epoch, t), 49);
+    assert_eq!(
+        add_partition(&mut raw, id, other, second.producer_epoch, t),
+        49
+    );
     let (pid, epoch) = (second.producer_id, second.producer_epoch);
-    assert_eq!(add(&mut raw, id, pid, epoch, "no-such-topic"), 3);
+    assert_eq!(add_partition(&mut raw, id, pid, epoch, "no-such-topic"), 3);
 
     // EndTxn without a transaction is an invalid state transition.
     assert_eq!(
@@ -435,11 +437,9 @@ async fn the_next_transaction_waits_for_the_markers_of_the_last() {
     }
     // One commit marker per transaction, and nothing left open.
     assert_eq!(
-        completed(&mut raw, "txn-back-to-back")
-            .transaction_state
-            .as_str(),
+        completed(&mut raw, id).transaction_state.as_str(),
         "CompleteCommit"
     );
-    assert_eq!(latest(&mut raw, "txn-back-to-back", 0), ROUNDS);
-    assert_eq!(latest(&mut raw, "txn-back-to-back", 1), ROUNDS);
+    assert_eq!(latest(&mut raw, id, 0), ROUNDS);
+    assert_eq!(latest(&mut raw, id, 1), ROUNDS);
 }

@@ -264,6 +264,8 @@ async fn run(
         // (librdkafka backs its reconnects off towards 10 s), so leading there stalls nobody.
         let settled =
             |p: NodeId| alive(p) && !back.contains_key(&p) && !says_recent.lock().contains(&p);
+        let uptime = now.saturating_duration_since(start);
+        let recent = restarted && uptime < RECENT_START;
         let groups = node.registry.all();
         due.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
         caught_up.retain(|k, _| groups.iter().any(|(g, _, _)| g == k));
@@ -323,7 +325,12 @@ async fn run(
                 // openraft's initialisation writes the membership at index 0 and a new
                 // leader's first entry comes after it.
                 let new_group = m.last_log_index.is_none_or(|i| i == 0);
-                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                // Only a recently restarted node weighs its rivals (see `restart_delay`).
+                let voters: Vec<NodeId> = if recent {
+                    m.membership_config.membership().voter_ids().collect()
+                } else {
+                    Vec::new()
+                };
                 (
                     m.current_leader,
                     caught_up_followers,
@@ -420,12 +427,12 @@ async fn run(
             let settled_rival = voters
                 .iter()
                 .any(|v| *v != node.id && Some(*v) != leader && settled(*v));
-            let delay = if restarted {
-                restart_delay(now.saturating_duration_since(start), settled_rival)
+            let restart_wait = if recent {
+                restart_delay(uptime, settled_rival)
             } else {
                 Duration::ZERO
             };
-            wait += delay;
+            wait += restart_wait;
             // The preferred replica, when it is up, campaigns first: a new topic's partitions
             // (and a group whose leader died while the preferred one was up) get their
             // preferred leader at once, not a leader that balancing moves 5 s later, with a
@@ -456,7 +463,7 @@ async fn run(
                     PING_EVERY
                 } else {
                     // Behind the long-running replicas' retries too.
-                    RETRY_AFTER + jitter() + delay
+                    RETRY_AFTER + jitter() + restart_wait
                 };
                 due.insert(key.clone(), at + retry);
                 let delay = at.saturating_duration_since(now);
