@@ -1199,6 +1199,54 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_serving(&mut node);
 }
 
+/// An answer that is ready goes out while a later request on the connection still waits:
+/// here a long-poll Fetch (10 s, nothing to read) pipelined behind an ApiVersions. Answers
+/// stay in request order; the first one must not wait in the node's send buffer for the
+/// second (a Produce answer held behind the next request's fsync used to add that fsync to
+/// every pipelined client's round trip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_answer_is_not_held_behind_a_long_poll() {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    let node = Node::start_default();
+    create_topic(&node.bootstrap(), "long-poll", 1, &[]).await;
+    let mut fetch = BytesMut::new();
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(10_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("long-poll")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])])
+        .encode(&mut fetch, 4)
+        .expect("encode fetch");
+    let mut fetch_frame = header_v1(1, 4, 2);
+    fetch_frame.extend_from_slice(&fetch);
+
+    let mut s = connect(node.kafka_addr());
+    let mut bytes = frame(&header_v1(18, 0, 1));
+    bytes.extend(frame(&fetch_frame));
+    s.write_all(&bytes).expect("send ApiVersions and Fetch");
+    // `connect` reads with a 5 s timeout, half the fetch's wait.
+    match next_outcome(&mut s) {
+        Outcome::Answered { correlation_id, .. } => assert_eq!(correlation_id, 1),
+        other => panic!("ApiVersions before the long poll: {other:?}"),
+    }
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    assert!(
+        matches!(next_outcome(&mut s), Outcome::Silent),
+        "the fetch is still waiting for data"
+    );
+}
+
 // ------------------------------------------------------------------ old record formats
 
 /// A message in record format 0 or 1, as pre-0.11 producers write it: offset, size, CRC-32

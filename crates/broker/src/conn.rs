@@ -230,7 +230,26 @@ async fn write_loop(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::pin!(grace);
-    while let Some(mut p) = rx.recv().await {
+    loop {
+        // Answers already written wait in `wr` only while the next one is ready too: a
+        // Produce answer held behind the next request's fsync would add that wait to its
+        // round trip (and chain through a pipelined client's requests).
+        let mut p = match rx.try_recv() {
+            Ok(p) => p,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if wr.flush().await.is_err() {
+                    break;
+                }
+                match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                }
+            }
+        };
+        if !p.reply.is_finished() && wr.flush().await.is_err() {
+            break;
+        }
         let reply = tokio::select! {
             r = &mut p.reply => r,
             () = &mut grace => {
@@ -263,9 +282,6 @@ async fn write_loop(
             break;
         }
         if wr.write_all(&out).await.is_err() {
-            break;
-        }
-        if rx.is_empty() && wr.flush().await.is_err() {
             break;
         }
     }
