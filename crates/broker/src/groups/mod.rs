@@ -55,6 +55,7 @@ pub fn partition_for(group: &str, partitions: usize) -> usize {
     abs as usize % partitions.max(1)
 }
 
+use crate::led::{Change, Led};
 use crate::{now_ms, sb};
 
 /// Coordinator settings (Kafka's names).
@@ -589,27 +590,13 @@ struct State {
     seq: u64,
 }
 
-/// Whether this node serves the groups of one offsets partition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum Load {
-    /// Not leading it: its groups are not in memory.
-    #[default]
-    No,
-    /// Leading it in this term; replaying the partition.
-    Running(u64),
-    /// Leading it in this term with its groups loaded: served.
-    Done(u64),
-}
-
 /// The group coordinator of this node.
 pub struct Coordinator {
     settings: GroupSettings,
-    node_id: raft::NodeId,
-    /// The offsets partitions by index; `None` where this node holds no replica.
-    partitions: Vec<Option<raft::Partition>>,
+    /// The offsets partitions by index and which of them are served here (its loads lock
+    /// is taken before `state` when both are).
+    led: Led,
     state: Mutex<State>,
-    /// Per offsets partition (locked before `state` when both are).
-    loads: Mutex<Vec<Load>>,
     /// The node is shutting down: no group is served any more (see [`Coordinator::stop_serving`]).
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -624,13 +611,10 @@ impl Coordinator {
         node_id: raft::NodeId,
         partitions: Vec<Option<raft::Partition>>,
     ) -> Arc<Coordinator> {
-        let n = partitions.len();
         let c = Arc::new(Coordinator {
             settings,
-            node_id,
-            partitions,
+            led: Led::new(node_id, partitions),
             state: Mutex::new(State::default()),
-            loads: Mutex::new(vec![Load::No; n]),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         c.check_leadership();
@@ -641,28 +625,7 @@ impl Coordinator {
     /// Waits (at most `timeout`) until every offsets partition has a leader and those led
     /// here are loaded.
     pub async fn settle(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let pending = {
-                let loads = self.loads.lock();
-                // Leaderless partitions count as pending: they may elect this node.
-                self.partitions.iter().enumerate().any(|(k, p)| {
-                    p.as_ref().is_some_and(|p| {
-                        let role = p.role();
-                        role.leader.is_none()
-                            || (role.leader == Some(self.node_id)
-                                && loads[k] != Load::Done(role.term))
-                    })
-                })
-            };
-            if !pending {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.led.settle(timeout).await
     }
 
     /// The error for a request about `group_id` if this node does not serve it now:
@@ -672,63 +635,28 @@ impl Coordinator {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Some(codes::NOT_COORDINATOR);
         }
-        let k = partition_for(group_id, self.partitions.len());
-        let Some(p) = &self.partitions[k] else {
-            return Some(codes::NOT_COORDINATOR);
-        };
-        let role = p.role();
-        if role.leader != Some(self.node_id) {
-            return Some(codes::NOT_COORDINATOR);
-        }
-        match self.loads.lock()[k] {
-            Load::Done(t) if t == role.term => None,
-            _ => Some(codes::COORDINATOR_LOAD_IN_PROGRESS),
-        }
-    }
-
-    /// Whether offsets partition `p` is served now: led here in the term it was loaded in.
-    fn serves(&self, p: &raft::Partition, load: Load) -> bool {
-        let role = p.role();
-        role.leader == Some(self.node_id) && load == Load::Done(role.term)
-    }
-
-    /// The offsets partitions served now.
-    fn served(&self) -> Vec<bool> {
-        let loads = self.loads.lock();
-        self.partitions
-            .iter()
-            .zip(loads.iter())
-            .map(|(p, l)| p.as_ref().is_some_and(|p| self.serves(p, *l)))
-            .collect()
+        self.led
+            .not_serving(partition_for(group_id, self.led.len()))
     }
 
     /// Follows leadership of the offsets partitions: starts loading those this node now
     /// leads (in a term it has not loaded), drops the groups of those it no longer leads.
     fn check_leadership(self: &Arc<Self>) {
-        let mut loads = self.loads.lock();
-        for (k, p) in self.partitions.iter().enumerate() {
-            let Some(p) = p else { continue };
-            let role = p.role();
-            let leads = role.leader == Some(self.node_id);
-            match (leads, loads[k]) {
-                (true, Load::Running(t) | Load::Done(t)) if t == role.term => {}
-                (true, _) => {
-                    self.drop_partition(k);
-                    loads[k] = Load::Running(role.term);
-                    let (c, p) = (self.clone(), p.clone());
-                    tokio::spawn(async move { c.load_partition(k, p, role.term).await });
-                }
-                (false, Load::No) => {}
-                (false, _) => {
-                    loads[k] = Load::No;
+        for change in self.led.check() {
+            match change {
+                Change::Drop(k) => {
                     let dropped = self.drop_partition(k);
                     if dropped > 0 {
                         tracing::info!(
                             partition = k,
                             groups = dropped,
-                            "no longer leading the offsets partition: its groups moved"
+                            "offsets partition no longer led here, or led in a new term: its groups were dropped"
                         );
                     }
+                }
+                Change::Load(k, p, term) => {
+                    let c = self.clone();
+                    tokio::spawn(async move { c.load_partition(k, p, term).await });
                 }
             }
         }
@@ -771,29 +699,11 @@ impl Coordinator {
     /// watermark covers the log (a new leader knows everything committed once it commits
     /// in its own term), replays the partition, and serves its groups from then on.
     async fn load_partition(self: Arc<Self>, k: usize, p: raft::Partition, term: u64) {
-        let me = Some(self.node_id);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let give_up = |why: &str| {
-            let mut loads = self.loads.lock();
-            if loads[k] == Load::Running(term) {
-                loads[k] = Load::No;
-            }
+        if let Err(why) = self.led.caught_up(k, &p, term).await {
             tracing::debug!(partition = k, term, why, "offsets partition not loaded");
-        };
-        loop {
-            let role = p.role();
-            if role.leader != me || role.term != term {
-                return give_up("leadership moved");
-            }
-            if p.high_watermark() >= p.log_end_offset() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return give_up("the high watermark did not reach the log end");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            return;
         }
-        let n = self.partitions.len();
+        let n = self.led.len();
         let part = p.clone();
         let read = tokio::task::spawn_blocking(move || {
             let mut st = State::default();
@@ -836,14 +746,46 @@ impl Coordinator {
         })
         .await;
         let Ok((groups, records, end)) = read else {
-            return give_up("the replay task failed");
+            let why = self.led.give_up(k, term, "the replay task failed");
+            tracing::debug!(partition = k, term, why, "offsets partition not loaded");
+            return;
         };
-        let mut loads = self.loads.lock();
-        let role = p.role();
-        if loads[k] != Load::Running(term) || role.leader != me || role.term != term {
+        let count = groups.len();
+        let installed = self
+            .led
+            .loaded(k, &p, term, || self.install(k, &p, n, groups, end));
+        if !installed {
             return;
         }
-        let count = groups.len();
+        if count > 0 {
+            tracing::info!(
+                partition = k,
+                term,
+                groups = count,
+                records,
+                "loaded consumer groups of an offsets partition led here"
+            );
+        } else {
+            tracing::debug!(
+                partition = k,
+                term,
+                records,
+                "offsets partition led here (no groups)"
+            );
+        }
+    }
+
+    /// Puts the groups replayed from offsets partition `k` (up to offset `end`) in place of
+    /// what memory held of it, with what committed after `end` applied. Called under the
+    /// loads lock, so no request is served from the partition before this returns.
+    fn install(
+        &self,
+        k: usize,
+        p: &raft::Partition,
+        n: usize,
+        groups: HashMap<String, Group>,
+        end: i64,
+    ) {
         let mut st = self.state.lock();
         st.groups.retain(|_, g| g.partition != k);
         // Restored members get a full session to show up again.
@@ -864,7 +806,7 @@ impl Coordinator {
         // (`complete_txn`) against the state from before the load. Apply them now: later
         // ones find the loaded state, as the state lock is held until it is served.
         if p.high_watermark() > end {
-            let tail = crate::committed::for_each_with_control(&p, end, |r| {
+            let tail = crate::committed::for_each_with_control(p, end, |r| {
                 if r.control {
                     complete_txn_in(&mut st, k, r.producer_id, is_commit_marker(&r));
                 } else if r.transactional {
@@ -877,23 +819,6 @@ impl Coordinator {
             if let Err(e) = tail {
                 tracing::warn!(partition = k, error = %e, "{OFFSETS_TOPIC}: catching up after the replay");
             }
-        }
-        loads[k] = Load::Done(term);
-        if count > 0 {
-            tracing::info!(
-                partition = k,
-                term,
-                groups = count,
-                records,
-                "loaded consumer groups of an offsets partition led here"
-            );
-        } else {
-            tracing::debug!(
-                partition = k,
-                term,
-                records,
-                "offsets partition led here (no groups)"
-            );
         }
     }
 
@@ -908,7 +833,7 @@ impl Coordinator {
         }
         let batch = store::encode_batch(&g.writes, now_ms());
         g.writes.clear();
-        let fut = match &self.partitions[g.partition] {
+        let fut = match self.led.partition(g.partition) {
             Some(p) => futures_util::future::Either::Left(p.propose(vec![batch])),
             None => futures_util::future::Either::Right(std::future::ready(Err(
                 raft::Error::NotLeader { leader: None },
@@ -939,7 +864,7 @@ impl Coordinator {
     /// Everything time-driven: session expiry, pending member expiry, rebalance deadlines.
     fn tick(&self, now: Instant) {
         let delay = self.initial_delay();
-        let served = self.served();
+        let served = self.led.served();
         let mut st = self.state.lock();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             if let Some(cg) = g.cg.as_mut() {
@@ -997,7 +922,7 @@ impl Coordinator {
             if !a.member_id.is_empty() {
                 return err(codes::UNKNOWN_MEMBER_ID);
             }
-            let g = Group::new(&a.group_id, self.partitions.len());
+            let g = Group::new(&a.group_id, self.led.len());
             st.groups.insert(a.group_id.clone(), g);
         }
         let g = st.groups.get_mut(&a.group_id).expect("inserted above");
@@ -1357,7 +1282,7 @@ impl Coordinator {
             if generation >= 0 {
                 return Err(codes::ILLEGAL_GENERATION);
             }
-            let g = Group::new(group_id, self.partitions.len());
+            let g = Group::new(group_id, self.led.len());
             st.groups.insert(group_id.to_string(), g);
         }
         let g = st.groups.get_mut(group_id).expect("present");
@@ -1463,7 +1388,7 @@ impl Coordinator {
         }
         let now = Instant::now();
         let mut st = self.state.lock();
-        let n = self.partitions.len();
+        let n = self.led.len();
         let g = st
             .groups
             .entry(group_id.to_string())
@@ -1516,7 +1441,7 @@ impl Coordinator {
             .collect();
         let partition = g.partition;
         drop(st);
-        let written = match (&self.partitions[partition], records.is_empty()) {
+        let written = match (self.led.partition(partition), records.is_empty()) {
             (_, true) => None,
             (Some(p), false) => {
                 Some(p.propose(vec![store::encode_txn_batch(&records, pid, epoch, ts)]))
@@ -1671,7 +1596,7 @@ impl Coordinator {
         }
         let now = Instant::now();
         let mut st = self.state.lock();
-        let n = self.partitions.len();
+        let n = self.led.len();
         if a.member_epoch < 0 && !st.groups.contains_key(&a.group_id) {
             return fail(codes::UNKNOWN_MEMBER_ID, "unknown member id");
         }
@@ -1856,7 +1781,7 @@ impl Coordinator {
     pub fn expire_offsets(&self, now_ms: i64) -> usize {
         let retention = self.settings.offsets_retention_ms;
         let mut expired = 0;
-        let served = self.served();
+        let served = self.led.served();
         let mut st = self.state.lock();
         let mut gone = Vec::new();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
@@ -1912,7 +1837,7 @@ impl Coordinator {
 
     /// Removes (tombstones) every group's committed offsets of a deleted topic.
     pub fn forget_topic(&self, topic: &str) {
-        let served = self.served();
+        let served = self.led.served();
         let mut st = self.state.lock();
         for g in st.groups.values_mut().filter(|g| served[g.partition]) {
             let gone: Vec<i32> = g
