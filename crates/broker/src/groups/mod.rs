@@ -191,6 +191,27 @@ pub struct CommitItem {
     pub metadata: String,
 }
 
+impl CommitItem {
+    /// The offset values to write for `items`, stamped with commit time `ts`.
+    fn values(items: Vec<CommitItem>, ts: i64) -> Vec<(String, i32, OffsetValue)> {
+        items
+            .into_iter()
+            .map(|i| {
+                (
+                    i.topic,
+                    i.partition,
+                    OffsetValue {
+                        offset: i.offset,
+                        leader_epoch: i.leader_epoch,
+                        metadata: i.metadata,
+                        commit_timestamp: ts,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
 /// A group as DescribeGroups/ListGroups see it.
 pub struct GroupSummary {
     pub group_id: String,
@@ -248,6 +269,25 @@ fn sync_error(code: i16) -> SyncGroupResponse {
 }
 
 impl Group {
+    /// A classic member's commit in `generation`: the member must be known and in the
+    /// group's generation; the commit counts as a sign of life.
+    fn check_member_commit(
+        &mut self,
+        member_id: &str,
+        generation: i32,
+        now: Instant,
+    ) -> Result<(), i16> {
+        let current = self.generation;
+        let Some(m) = self.members.get_mut(member_id) else {
+            return Err(codes::UNKNOWN_MEMBER_ID);
+        };
+        if generation != current {
+            return Err(codes::ILLEGAL_GENERATION);
+        }
+        m.deadline = now + m.session_timeout;
+        Ok(())
+    }
+
     fn new(id: &str, partitions: usize) -> Group {
         Group {
             id: id.to_string(),
@@ -1302,36 +1342,14 @@ impl Coordinator {
             if g.state == GroupState::CompletingRebalance {
                 return Err(codes::REBALANCE_IN_PROGRESS);
             }
-            let current = g.generation;
-            let Some(m) = g.members.get_mut(member_id) else {
-                return Err(codes::UNKNOWN_MEMBER_ID);
-            };
-            if generation != current {
-                return Err(codes::ILLEGAL_GENERATION);
-            }
-            m.deadline = now + m.session_timeout;
+            g.check_member_commit(member_id, generation, now)?;
         }
         if items.is_empty() {
             return Ok(futures_util::future::Either::Left(std::future::ready(Ok(
                 (),
             ))));
         }
-        let ts = now_ms();
-        let values: Vec<(String, i32, OffsetValue)> = items
-            .into_iter()
-            .map(|i| {
-                (
-                    i.topic,
-                    i.partition,
-                    OffsetValue {
-                        offset: i.offset,
-                        leader_epoch: i.leader_epoch,
-                        metadata: i.metadata,
-                        commit_timestamp: ts,
-                    },
-                )
-            })
-            .collect();
+        let values = CommitItem::values(items, now_ms());
         for (topic, partition, v) in &values {
             g.writes.push((
                 store::encode_key(&Key::Offset {
@@ -1401,31 +1419,10 @@ impl Coordinator {
         if let Some(cg) = g.cg.as_ref().filter(|_| generation >= 0) {
             cg.check_commit(member_id, generation)?;
         } else if generation >= 0 {
-            let current = g.generation;
-            let Some(m) = g.members.get_mut(member_id) else {
-                return Err(codes::UNKNOWN_MEMBER_ID);
-            };
-            if generation != current {
-                return Err(codes::ILLEGAL_GENERATION);
-            }
-            m.deadline = now + m.session_timeout;
+            g.check_member_commit(member_id, generation, now)?;
         }
         let ts = now_ms();
-        let values: Vec<(String, i32, OffsetValue)> = items
-            .into_iter()
-            .map(|i| {
-                (
-                    i.topic,
-                    i.partition,
-                    OffsetValue {
-                        offset: i.offset,
-                        leader_epoch: i.leader_epoch,
-                        metadata: i.metadata,
-                        commit_timestamp: ts,
-                    },
-                )
-            })
-            .collect();
+        let values = CommitItem::values(items, ts);
         let records: Vec<(Bytes, Option<Bytes>)> = values
             .iter()
             .map(|(topic, partition, v)| {
