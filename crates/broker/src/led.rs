@@ -101,17 +101,21 @@ impl Led {
 
     /// The term partition `k` is served in, if it is served now.
     pub fn serving_term(&self, k: usize) -> Option<u64> {
-        let p = self.partition(k)?;
-        let role = p.role();
-        let load = self.loads.lock()[k];
-        (role.leader == Some(self.node_id) && load == Load::Done(role.term)).then_some(role.term)
+        self.term_served(k, self.loads.lock()[k])
     }
 
-    /// The partitions served now.
+    /// The partitions served now, from one look at the loads.
     pub fn served(&self) -> Vec<bool> {
+        let loads = self.loads.lock();
         (0..self.partitions.len())
-            .map(|k| self.serving_term(k).is_some())
+            .map(|k| self.term_served(k, loads[k]).is_some())
             .collect()
+    }
+
+    /// The term partition `k` is served in, given its load.
+    fn term_served(&self, k: usize, load: Load) -> Option<u64> {
+        let role = self.partition(k)?.role();
+        (role.leader == Some(self.node_id) && load == Load::Done(role.term)).then_some(role.term)
     }
 
     /// Compares leadership with what is loaded: partitions led in a term not loaded yet are

@@ -39,6 +39,9 @@ use tokio::sync::oneshot;
 use protocol::codes;
 use store::{GroupValue, Key, MemberValue, OffsetValue, Value};
 
+use crate::led::{Change, Led};
+use crate::{now_ms, sb};
+
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -54,9 +57,6 @@ pub fn partition_for(group: &str, partitions: usize) -> usize {
     let abs = if h == i32::MIN { 0 } else { h.abs() };
     abs as usize % partitions.max(1)
 }
-
-use crate::led::{Change, Led};
-use crate::{now_ms, sb};
 
 /// Coordinator settings (Kafka's names).
 #[derive(Debug, Clone)]
@@ -793,7 +793,7 @@ impl Coordinator {
         let count = groups.len();
         let installed = self
             .led
-            .loaded(k, &p, term, || self.install(k, &p, n, groups, end));
+            .loaded(k, &p, term, || self.install(k, &p, groups, end));
         if !installed {
             return;
         }
@@ -818,14 +818,8 @@ impl Coordinator {
     /// Puts the groups replayed from offsets partition `k` (up to offset `end`) in place of
     /// what memory held of it, with what committed after `end` applied. Called under the
     /// loads lock, so no request is served from the partition before this returns.
-    fn install(
-        &self,
-        k: usize,
-        p: &raft::Partition,
-        n: usize,
-        groups: HashMap<String, Group>,
-        end: i64,
-    ) {
+    fn install(&self, k: usize, p: &raft::Partition, groups: HashMap<String, Group>, end: i64) {
+        let n = self.led.len();
         let mut st = self.state.lock();
         st.groups.retain(|_, g| g.partition != k);
         // Restored members get a full session to show up again.
