@@ -405,6 +405,16 @@ pub fn message_set_to_batch(data: &Bytes, budget: &mut usize) -> Result<Bytes, R
     if messages.is_empty() {
         return Err((codes::INVALID_RECORD, "empty message set".into()));
     }
+    // A v2 batch stores each timestamp as a delta from the smallest one.
+    let (min, max) = messages.iter().fold((i64::MAX, i64::MIN), |(lo, hi), m| {
+        (lo.min(m.timestamp), hi.max(m.timestamp))
+    });
+    if max.checked_sub(min).is_none() {
+        return Err((
+            codes::INVALID_TIMESTAMP,
+            format!("timestamps {min} and {max} are too far apart for one batch"),
+        ));
+    }
     let records: Vec<Record> = messages
         .into_iter()
         .enumerate()
@@ -805,6 +815,15 @@ mod tests {
             assert_eq!(records[7].value.as_deref(), Some(&b"value-7"[..]));
             assert_eq!(records[7].timestamp, 1_700_000_000_007);
         }
+    }
+
+    #[test]
+    fn timestamps_too_far_apart_for_one_batch_are_refused() {
+        let mut set = BytesMut::new();
+        message(&mut set, 0, 1, 0, i64::MIN + 1, None, Some(b"old"));
+        message(&mut set, 1, 1, 0, 1_700_000_000_000, None, Some(b"new"));
+        let (code, _) = message_set_to_batch(&set.freeze(), &mut (1 << 20)).unwrap_err();
+        assert_eq!(code, codes::INVALID_TIMESTAMP);
     }
 
     #[test]
